@@ -1,0 +1,249 @@
+"""Configuration classes for Fun-Audio-Chat.
+
+The field names and defaults follow the released Fun-Audio-Chat-8B ``config.json`` so that the
+released checkpoint loads unchanged (see ``docs/architecture.md``).  Everything that the paper leaves
+open (grouping factor, grouping mode, fusion mode, loss weights) is a field, so that other sizes and
+ablations are one config away.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+#: Text-side special tokens, with the ids they have in the released Qwen3 vocabulary.
+SPECIAL_TEXT_TOKENS: dict[str, int] = {
+    "<|AUDIO|>": 151669,
+    "<|audio_bos|>": 151670,
+    "<|audio_eos|>": 151671,
+    "<|audio_pad|>": 151672,
+    "<|sil|>": 151673,
+}
+
+#: Size of the S3Tokenizer codebook (3^8 finite scalar quantisation levels).
+SPEECH_CODEBOOK = 6561
+
+#: Qwen3-0.6B body, which the released SRH uses (shapes are certain; see the design notes).
+RELEASED_SRH_CONFIG: dict[str, Any] = {
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}
+
+GROUPING_MODES = ("mean", "concat")
+FUSION_MODES = ("replace", "add")
+
+
+class FunAudioChatAudioEncoderConfig(PretrainedConfig):
+    """Speech side of the model: Whisper-style encoder, speech-token grouping and the SRH.
+
+    One config serves three modules, as in the released checkpoint.  ``grouping_mode="mean"`` is what
+    the released weights use (mean of k embeddings, then Linear(H, H)); ``"concat"`` is the paper's
+    Eq. 1 (concatenate k embeddings, then Linear(kH, H)).
+    """
+
+    model_type = "funaudiochat_audio_encoder"
+    attribute_map: ClassVar[dict[str, str]] = {
+        "num_hidden_layers": "encoder_layers",
+        "num_attention_heads": "encoder_attention_heads",
+        "intermediate_size": "encoder_ffn_dim",
+    }
+
+    num_mel_bins: int = 128
+    encoder_layers: int = 32
+    encoder_attention_heads: int = 20
+    encoder_ffn_dim: int = 5120
+    d_model: int = 1280
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_function: str = "gelu"
+    activation_dropout: float = 0.0
+    scale_embedding: bool = False
+    init_std: float = 0.02
+    max_source_positions: int = 1500
+    n_window: int = 100
+    output_dim: int = 4096
+    group_size: int = 5
+    codebook_size: int = SPEECH_CODEBOOK + 4
+    bos_token_id: int | None = SPEECH_CODEBOOK
+    eos_token_id: int | None = SPEECH_CODEBOOK + 1
+    pad_token_id: int | None = SPEECH_CODEBOOK + 2
+    continuous_features_mode: str = "replace"
+    grouping_mode: str = "mean"
+    crq_transformer_config: dict | None = None
+    enable_audio_invert_tower: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.grouping_mode not in GROUPING_MODES:
+            raise ValueError(f"grouping_mode must be one of {GROUPING_MODES}, got {self.grouping_mode!r}")
+        if self.continuous_features_mode not in FUSION_MODES:
+            raise ValueError(
+                f"continuous_features_mode must be one of {FUSION_MODES}, got {self.continuous_features_mode!r}"
+            )
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.d_model % self.encoder_attention_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by encoder_attention_heads "
+                f"({self.encoder_attention_heads})"
+            )
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.codebook_size:
+                raise ValueError(f"{name}={value} is outside the speech codebook of size {self.codebook_size}")
+        if isinstance(self.crq_transformer_config, PretrainedConfig):
+            self.crq_transformer_config = self.crq_transformer_config.to_diff_dict() | {
+                "model_type": self.crq_transformer_config.model_type
+            }
+
+    def srh_backbone_config(self) -> PretrainedConfig:
+        """The SRH body's config as a transformers config object (built from the stored dict)."""
+        spec = dict(self.crq_transformer_config or RELEASED_SRH_CONFIG)
+        model_type = spec.pop("model_type", "qwen3")
+        return AutoConfig.for_model(model_type, **spec)
+
+
+class FunAudioChatConfig(PretrainedConfig):
+    """Top-level config: ``audio_config`` plus any transformers causal-LM ``text_config``.
+
+    The special text-token ids live on ``text_config`` (``audio_bos_index``, ``audio_eos_index``,
+    ``sil_index``) because that is where the released checkpoint keeps them.
+    """
+
+    model_type = "funaudiochat"
+    attribute_map: ClassVar[dict[str, str]] = {"audio_token_id": "audio_token_index"}
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "audio_config": SubConfigSpec(config_class=FunAudioChatAudioEncoderConfig),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3"),
+    }
+
+    audio_config: dict | PretrainedConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    audio_token_index: int = SPECIAL_TEXT_TOKENS["<|AUDIO|>"]
+    ignore_index: int = -100
+    #: Number of speech BOS tokens that delay speech behind text (2 LLM steps at k = 5).
+    speech_delay: int = 10
+    text_loss_weight: float = 1.0
+    speech_loss_weight: float = 1.0
+    #: The official training code halves user-audio features too (averaging them with a zeroed text
+    #: embedding) while inference does not; False keeps training and inference consistent.
+    halve_user_audio_in_training: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        defaults = {
+            "audio_bos_index": SPECIAL_TEXT_TOKENS["<|audio_bos|>"],
+            "audio_eos_index": SPECIAL_TEXT_TOKENS["<|audio_eos|>"],
+            "sil_index": SPECIAL_TEXT_TOKENS["<|sil|>"],
+        }
+        for key, value in defaults.items():
+            if getattr(self.text_config, key, None) is None:
+                setattr(self.text_config, key, value)
+        if self.audio_config.output_dim != self.text_config.hidden_size:
+            raise ValueError(
+                f"audio_config.output_dim ({self.audio_config.output_dim}) must equal the backbone's "
+                f"hidden_size ({self.text_config.hidden_size})"
+            )
+        self.hidden_size = self.text_config.hidden_size
+
+    @property
+    def audio_bos_id(self) -> int:
+        return self.text_config.audio_bos_index
+
+    @property
+    def audio_eos_id(self) -> int:
+        return self.text_config.audio_eos_index
+
+    @property
+    def sil_id(self) -> int:
+        return self.text_config.sil_index
+
+
+def released_8b_config() -> FunAudioChatConfig:
+    """The documented Fun-Audio-Chat-8B config (Qwen3-8B backbone, Whisper-large-v3 encoder)."""
+    text = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=262144,
+        rope_theta=5000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    )
+    audio = FunAudioChatAudioEncoderConfig(output_dim=4096, crq_transformer_config=dict(RELEASED_SRH_CONFIG))
+    return FunAudioChatConfig(audio_config=audio, text_config=text, use_cache=False)
+
+
+def tiny_config(group_size: int = 5, grouping_mode: str = "mean", backbone: str = "qwen3", **overrides: Any) -> FunAudioChatConfig:
+    """A few-million-parameter config with the released structure, for tests and examples.
+
+    The text vocabulary is small, so the special tokens get ids at its end.
+    """
+    vocab = 512
+    # Same order as SPECIAL_TEXT_TOKENS: <|AUDIO|>, bos, eos, pad, sil take the last five ids.
+    special = {"audio_bos_index": vocab - 4, "audio_eos_index": vocab - 3, "sil_index": vocab - 1}
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    if backbone == "qwen3":
+        text = AutoConfig.for_model("qwen3", head_dim=16, **common, **special)
+    elif backbone == "llama":
+        text = AutoConfig.for_model("llama", **common, **special)
+    else:
+        raise ValueError(f"tiny_config knows backbones 'qwen3' and 'llama', got {backbone!r}")
+    srh = {
+        "model_type": "qwen3",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 8192,
+        "vocab_size": 16,
+    }
+    audio = FunAudioChatAudioEncoderConfig(
+        num_mel_bins=80,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        d_model=64,
+        max_source_positions=1500,
+        n_window=50,
+        output_dim=64,
+        group_size=group_size,
+        grouping_mode=grouping_mode,
+        crq_transformer_config=srh,
+    )
+    return FunAudioChatConfig(
+        audio_config=audio, text_config=text, audio_token_index=vocab - 5, **overrides
+    )

@@ -1,0 +1,117 @@
+"""Assemble a Fun-Audio-Chat model from pretrained parts (how training starts).
+
+A pretrained causal LM becomes the backbone, a Whisper encoder the speech encoder, and the grouping
+module and SRH start fresh.  The special text tokens are added to the tokenizer (and the LM's
+embedding table grown) only when the vocabulary lacks them, so Qwen3 keeps its released ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from funaudiochat.config import (
+    SPECIAL_TEXT_TOKENS,
+    FunAudioChatAudioEncoderConfig,
+    FunAudioChatConfig,
+)
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+#: Encoder parameters that a Whisper checkpoint does not provide (the adapter is new).
+ENCODER_NEW_PARAMS = ("proj.weight", "proj.bias", "audio_bos_eos_token.weight")
+
+
+@dataclass
+class EncoderSpec:
+    """Shape of the Whisper encoder to build, and optionally its weights in our naming."""
+
+    num_mel_bins: int = 128
+    d_model: int = 1280
+    encoder_layers: int = 32
+    encoder_attention_heads: int = 20
+    encoder_ffn_dim: int = 5120
+    max_source_positions: int = 1500
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+def ensure_special_tokens(tokenizer: Any) -> dict[str, int]:
+    """Add the audio special tokens the tokenizer lacks; return every token's id."""
+    missing = [t for t in SPECIAL_TEXT_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        logger.info("added special tokens %s to the tokenizer", missing)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TEXT_TOKENS}
+
+
+def assemble_from_parts(
+    backbone: str | Path | PreTrainedModel,
+    tokenizer: Any | None = None,
+    encoder: EncoderSpec | None = None,
+    srh_config: dict | None = None,
+    group_size: int = 5,
+    grouping_mode: str = "mean",
+    backbone_kwargs: dict | None = None,
+    **config_overrides: Any,
+) -> tuple[FunAudioChatForConditionalGeneration, Any]:
+    """Build a model around a pretrained causal LM.
+
+    ``backbone`` is a directory (loaded with ``AutoModelForCausalLM.from_pretrained``) or a loaded
+    model; ``tokenizer`` defaults to the directory's.  Returns the model and the tokenizer, which
+    now knows the audio tokens.
+    """
+    backbone_kwargs = dict(backbone_kwargs or {})
+    if not isinstance(backbone, PreTrainedModel):
+        if tokenizer is None:
+            tok_kwargs = {k: v for k, v in backbone_kwargs.items() if k == "gguf_file"}
+            tokenizer = AutoTokenizer.from_pretrained(backbone, **tok_kwargs)
+        backbone = AutoModelForCausalLM.from_pretrained(backbone, **backbone_kwargs)
+    if tokenizer is None:
+        raise ValueError("a loaded backbone needs its tokenizer passed explicitly")
+    ids = ensure_special_tokens(tokenizer)
+    vocab = backbone.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        backbone.resize_token_embeddings(len(tokenizer))
+    text_config = backbone.config
+    # Wrapping the backbone's config in the composite config resets its attention implementation.
+    attn_implementation = text_config._attn_implementation or "sdpa"
+    text_config.audio_bos_index = ids["<|audio_bos|>"]
+    text_config.audio_eos_index = ids["<|audio_eos|>"]
+    text_config.sil_index = ids["<|sil|>"]
+
+    enc = encoder or EncoderSpec()
+    hidden = text_config.hidden_size
+    audio_config = FunAudioChatAudioEncoderConfig(
+        num_mel_bins=enc.num_mel_bins,
+        d_model=enc.d_model,
+        encoder_layers=enc.encoder_layers,
+        encoder_attention_heads=enc.encoder_attention_heads,
+        encoder_ffn_dim=enc.encoder_ffn_dim,
+        max_source_positions=enc.max_source_positions,
+        output_dim=hidden,
+        group_size=group_size,
+        grouping_mode=grouping_mode,
+        crq_transformer_config=srh_config,
+    )
+    config = FunAudioChatConfig(
+        audio_config=audio_config,
+        text_config=text_config,
+        audio_token_index=ids["<|AUDIO|>"],
+        **config_overrides,
+    )
+    model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    model.set_attn_implementation(attn_implementation)
+    if enc.state_dict is not None:
+        result = model.continuous_audio_tower.load_state_dict(enc.state_dict, strict=False)
+        missing = sorted(set(result.missing_keys) - set(ENCODER_NEW_PARAMS))
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"encoder weights do not fit: missing {missing}, unexpected {sorted(result.unexpected_keys)}"
+            )
+    return model.to(backbone.dtype), tokenizer
