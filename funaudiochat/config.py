@@ -203,8 +203,8 @@ def tiny_config(group_size: int = 5, grouping_mode: str = "mean", backbone: str 
     special = {"audio_bos_index": vocab - 4, "audio_eos_index": vocab - 3, "sil_index": vocab - 1}
     common = dict(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -215,7 +215,7 @@ def tiny_config(group_size: int = 5, grouping_mode: str = "mean", backbone: str 
         pad_token_id=0,
     )
     if backbone == "qwen3":
-        text = AutoConfig.for_model("qwen3", head_dim=16, **common, **special)
+        text = AutoConfig.for_model("qwen3", head_dim=32, **common, **special)
     elif backbone == "llama":
         text = AutoConfig.for_model("llama", **common, **special)
     else:
@@ -239,7 +239,7 @@ def tiny_config(group_size: int = 5, grouping_mode: str = "mean", backbone: str 
         d_model=64,
         max_source_positions=1500,
         n_window=50,
-        output_dim=64,
+        output_dim=128,
         group_size=group_size,
         grouping_mode=grouping_mode,
         crq_transformer_config=srh,

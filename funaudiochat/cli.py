@@ -1,0 +1,114 @@
+"""The ``funaudiochat`` command.
+
+Results go to stdout; logs and progress go to stderr, so output can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("funaudiochat")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Load (or build) a model, print its layout and run one forward pass on a synthetic conversation."""
+    import torch
+
+    from funaudiochat.config import tiny_config
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.testing import synthetic_batch
+
+    if args.model:
+        logger.warning("loading %s", args.model)
+        model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    else:
+        torch.manual_seed(0)
+        model = FunAudioChatForConditionalGeneration(tiny_config(group_size=args.group_size))
+    model.eval()
+    cfg = model.config
+    parts = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in model.named_children()
+        if module is not None
+    }
+    report: dict = {
+        "model_type": cfg.model_type,
+        "backbone": cfg.text_config.model_type,
+        "group_size": cfg.audio_config.group_size,
+        "grouping_mode": cfg.audio_config.grouping_mode,
+        "parameters": parts,
+        "parameters_total": sum(p.numel() for p in model.parameters()),
+        "special_ids": {
+            "<|AUDIO|>": cfg.audio_token_index,
+            "<|audio_bos|>": cfg.audio_bos_id,
+            "<|audio_eos|>": cfg.audio_eos_id,
+            "<|sil|>": cfg.sil_id,
+        },
+    }
+    if not args.no_forward:
+        batch = synthetic_batch(cfg, batch_size=1, user_seconds=2.0, answer_seconds=2.0)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        if batch["input_features"].dtype.is_floating_point:
+            batch["input_features"] = batch["input_features"].to(model.dtype)
+        with torch.no_grad():
+            out = model(**batch)
+        report["forward"] = {
+            "input_ids": list(batch["input_ids"].shape),
+            "text_logits": list(out.logits.shape),
+            "speech_logits": list(out.speech_logits.shape),
+            "text_loss": round(float(out.text_loss), 4),
+            "speech_loss": round(float(out.speech_loss), 4),
+        }
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a model's layout and run one forward pass",
+        description="Load a checkpoint directory (or build the tiny test model), print its parameter "
+        "counts per module and special-token ids as JSON, and run one forward pass on a synthetic "
+        "spoken conversation to show the losses and tensor shapes.",
+    )
+    p.add_argument("--model", help="checkpoint directory (safetensors); default: a random tiny model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    p.add_argument("--group-size", type=int, default=5, help="k for the tiny model (default 5: 25 Hz -> 5 Hz)")
+    p.add_argument("--no-forward", action="store_true", help="only print the layout")
+    p.set_defaults(func=_cmd_inspect)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_inspect,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="funaudiochat",
+        description="Fun-Audio-Chat: a speech-text LLM for voice conversation.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
