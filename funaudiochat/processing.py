@@ -159,8 +159,12 @@ class FunAudioChatProcessor:
                 add([self.config.audio_bos_id], False)
         return EncodedExample(ids, labels, slots)
 
-    def collate(self, examples: Sequence[EncodedExample], with_labels: bool = True) -> dict[str, torch.Tensor]:
-        """Right-padded batch in the model's forward keywords."""
+    def collate(
+        self, examples: Sequence[EncodedExample], with_labels: bool = True, padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
+        """Padded batch in the model's forward keywords (right padding for training, left for generation)."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if not examples:
             raise ValueError("collate needs at least one example")
         a = self.config.audio_config
@@ -171,9 +175,10 @@ class FunAudioChatProcessor:
         labels = torch.full_like(input_ids, -100)
         for r, e in enumerate(examples):
             n = len(e.input_ids)
-            input_ids[r, :n] = torch.tensor(e.input_ids)
-            attention[r, :n] = 1
-            labels[r, :n] = torch.tensor(e.labels)
+            cols = slice(0, n) if padding_side == "right" else slice(length - n, length)
+            input_ids[r, cols] = torch.tensor(e.input_ids, dtype=torch.long)
+            attention[r, cols] = 1
+            labels[r, cols] = torch.tensor(e.labels, dtype=torch.long)
         batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention}
         if with_labels:
             batch["labels"] = labels

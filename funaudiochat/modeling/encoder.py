@@ -147,7 +147,7 @@ class SpeechEncoder(nn.Module):
         if feature_lens is None:
             feature_lens = torch.full((b,), t, dtype=torch.long, device=input_features.device)
         feature_lens = feature_lens.to(torch.long)
-        if self.window // 2 + 1 > self.config.max_source_positions:
+        if (self.window - 1) // 2 + 1 > self.config.max_source_positions:
             raise ValueError(
                 f"n_window={self.config.n_window} needs more than max_source_positions="
                 f"{self.config.max_source_positions} positions"

@@ -1,0 +1,542 @@
+"""Joint text and speech decoding, streaming, batched, and safe to share between threads.
+
+One backbone step makes one text token and, while the assistant speaks, one group of k speech
+tokens through the Speech Refined Head's inner loop (k sequential SRH steps).  The fed-back input of
+the next step is the mean of the text embedding and the grouped speech embedding, exactly as the
+model was trained (``modeling/targets.py`` has the worked example).
+
+All state lives in :class:`~funaudiochat.generation.state.Conversation` objects and in the
+:class:`Turn` being generated; the :class:`Engine` only holds the (read-only) model.  Several
+conversations can be decoded as one batch: their caches are left-padded into one, padding columns
+are masked and positions are the true ones, so each row computes what it would compute alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from funaudiochat.generation.cache import PackedCache, merge_caches, split_cache
+from funaudiochat.generation.events import EndOfTurn, Event, SpeechTokens, TextDelta
+from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING, GREEDY, SamplingConfig, sample_token
+from funaudiochat.generation.state import Conversation
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.processing import FunAudioChatProcessor, Message
+from funaudiochat.prompts import system_prompt
+
+logger = logging.getLogger(__name__)
+
+MODES = ("s2t", "s2s")
+
+#: One backbone step covers this much speech (k = 5 tokens at 25 Hz).
+SECONDS_PER_STEP = 0.2
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """How to generate one reply.
+
+    ``mode`` is ``"s2t"`` (text only; the SRH is skipped) or ``"s2s"`` (text and speech).  The
+    input may be speech or text either way.  ``max_seconds`` bounds the reply (0.2 s per step).
+    """
+
+    mode: str = "s2s"
+    text_sampling: SamplingConfig = GREEDY
+    speech_sampling: SamplingConfig = DEFAULT_SPEECH_SAMPLING
+    max_seconds: float = 60.0
+    force_delay: bool = True
+    tools: tuple[dict, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+
+    @property
+    def max_steps(self) -> int:
+        return max(1, round(self.max_seconds / SECONDS_PER_STEP))
+
+
+@dataclass
+class _Row:
+    """Decoding state of one conversation within a turn."""
+
+    conv: Conversation
+    speak: bool
+    speaking: bool = False
+    finished: bool = False
+    reason: str = ""
+    cancel_requested: bool = False
+    spoken_limit: int | None = None
+    prev_speech: int = -100  # last speech token fed to the SRH (the previous group's last)
+    groups: int = 0
+    steps: int = 0
+    fed_text: list[int] = field(default_factory=list)  # every text token fed back, in order
+    visible: list[int] = field(default_factory=list)  # text tokens that are words
+    speech: list[int] = field(default_factory=list)  # real speech tokens
+    speech_at_position: list[int] = field(default_factory=list)  # speech tokens input up to each position
+    emitted_text: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Turn:
+    """One reply being generated for one or more conversations (one batch row each).
+
+    Use :meth:`step` until :attr:`done`, then :meth:`close`; or iterate :meth:`events` (B = 1).
+    """
+
+    def __init__(
+        self,
+        engine: "Engine",
+        conversations: Sequence[Conversation],
+        messages: Sequence[Sequence[Message]],
+        options: TurnOptions,
+    ) -> None:
+        self.engine = engine
+        self.model = engine.model
+        self.options = options
+        self.k = self.model.group_size
+        cfg = self.model.config
+        self.cfg = cfg
+        self.t0 = time.perf_counter()
+        for conv in conversations:
+            if not conv.lock.acquire(blocking=False):
+                raise RuntimeError(f"conversation {conv.id} already has a reply in progress")
+        self.rows = [_Row(conv, speak=options.mode == "s2s") for conv in conversations]
+        self._closed = False
+        try:
+            self._setup_ids()
+            with torch.inference_mode():
+                self._prefill(messages)
+        except BaseException:
+            for conv in conversations:
+                conv.lock.release()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _setup_ids(self) -> None:
+        cfg, a = self.cfg, self.cfg.audio_config
+        tok = self.engine.processor.tokenizer
+        self.im_end = self.engine.processor.im_end
+        self.newline = self.engine.processor.text("\n")
+        self.audio_specials = [cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, cfg.sil_id]
+        pad_text = tok.convert_tokens_to_ids("<|audio_pad|>")
+        if pad_text is not None and pad_text != tok.unk_token_id:
+            self.audio_specials.append(pad_text)
+        dev = self.model.device
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        # while speaking, the text stream may not end the turn or open audio
+        self.ban_speaking = torch.tensor(
+            sorted({self.im_end, cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
+            device=dev,
+        )
+        self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
+        self.ban_speech = torch.tensor([a.bos_token_id, a.pad_token_id], device=dev)
+        self.hidden_specials = set(self.audio_specials) | {self.im_end}
+        self.vocab = vocab
+
+    def _encode_new(self, row: _Row, new: Sequence[Message]):
+        conv = row.conv
+        if not conv.messages and not conv.pending and not any(m.role == "system" for m in new):
+            conv.pending.append(Message("system", system_prompt(self.options.mode)))
+        if self.options.tools and not any(m.role == "system" for m in [*conv.messages, *conv.pending, *new]):
+            from funaudiochat.prompts import function_calling_prompt
+
+            conv.pending.append(Message("system", function_calling_prompt(self.options.tools)))
+        todo = [*conv.pending, *new]
+        return self.engine.processor.encode(todo, add_generation_prompt=True, speak=row.speak), todo
+
+    def _prefill(self, messages: Sequence[Sequence[Message]]) -> None:
+        model, k = self.model, self.k
+        encoded = []
+        self._new_messages = []
+        for row, new in zip(self.rows, messages):
+            ex, todo = self._encode_new(row, new)
+            encoded.append(ex)
+            self._new_messages.append(todo)
+        batch = self.engine.processor.collate(encoded, with_labels=False, padding_side="left")
+        dev = model.device
+        batch = {key: value.to(dev) for key, value in batch.items()}
+        if "input_features" in batch:
+            batch["input_features"] = batch["input_features"].to(model.dtype)
+        ids = batch["input_ids"]
+        b, length = ids.shape
+        self.cache, past_mask = merge_caches([r.conv.cache for r in self.rows])
+        self.mask = torch.cat([past_mask.to(dev), batch["attention_mask"]], dim=1)
+        positions = torch.zeros(b, length, dtype=torch.long, device=dev)
+        for i, (row, ex) in enumerate(zip(self.rows, encoded)):
+            n = len(ex.input_ids)
+            positions[i, length - n :] = torch.arange(row.conv.positions, row.conv.positions + n, device=dev)
+        embeds = model.get_input_embeddings()(ids)
+        text_embeds = embeds
+        if "speech_ids" in batch:
+            audio = model.embed_audio(
+                ids, embeds, batch["speech_ids"], batch.get("speech_attention_mask"), batch.get("input_features"),
+                batch.get("feature_attention_mask"), batch.get("feature_exist_mask"),
+            )
+            embeds, text_embeds = audio.inputs_embeds, audio.text_embeds
+        hidden = self._backbone(embeds, positions)
+        self.next_logits = model.get_output_embeddings()(hidden[:, -1]).float()
+        pre = hidden + text_embeds  # SRH inputs of every new position
+        self.cur_pre = pre[:, -1]
+        for i, (row, ex) in enumerate(zip(self.rows, encoded)):
+            n = len(ex.input_ids)
+            row.conv.positions += n
+            if n > 1:
+                row.conv.push_backlog(pre[i, length - n : length - 1])
+            row.timings["prefill_s"] = time.perf_counter() - self.t0
+        # The SRH state of this batch.
+        self.srh_cache, srh_past = merge_caches([r.conv.srh_cache for r in self.rows])
+        self.srh_mask = srh_past.to(dev)
+        if any(r.speak for r in self.rows):
+            self._flush_backlogs()
+        for row in self.rows:
+            row.speaking = row.speak
+
+    def _backbone(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model.backbone()(
+            inputs_embeds=embeds,
+            attention_mask=self.mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.cache
+        return out.last_hidden_state
+
+    def _srh(self, conditions: torch.Tensor, prev: torch.Tensor, active: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed sub-frames [B, T, H] to the SRH; ``active`` [B, T] masks rows that feed nothing."""
+        self.srh_mask = torch.cat([self.srh_mask, active.to(self.srh_mask.dtype)], dim=1)
+        logits, self.srh_cache = self.model.audio_invert_tower(
+            conditions, prev, attention_mask=self.srh_mask, position_ids=positions, cache=self.srh_cache, use_cache=True
+        )
+        return logits
+
+    def _flush_backlogs(self) -> None:
+        """Let the SRH see every position it has not seen yet (with no previous speech token)."""
+        srh, k, dev = self.model.audio_invert_tower, self.k, self.model.device
+        rows = [r for r in self.rows if r.speak and r.conv.backlog_length]
+        if not rows:
+            return
+        width = max(r.conv.backlog_length for r in rows)
+        h = self.cur_pre.shape[-1]
+        pre = torch.zeros(len(self.rows), width, h, dtype=self.cur_pre.dtype, device=dev)
+        active = torch.zeros(len(self.rows), width * k, dtype=torch.long, device=dev)
+        positions = torch.zeros(len(self.rows), width * k, dtype=torch.long, device=dev)
+        for i, row in enumerate(self.rows):
+            n = row.conv.backlog_length if row.speak else 0
+            if n:
+                pre[i, width - n :] = row.conv.srh_backlog
+                active[i, (width - n) * k :] = 1
+                start = row.conv.srh_positions * k
+                positions[i, (width - n) * k :] = torch.arange(start, start + n * k, device=dev)
+        conditions = srh.pre_matching(pre).reshape(len(self.rows), width * k, h)
+        prev = torch.full((len(self.rows), width * k), -100, dtype=torch.long, device=dev)
+        self._srh(conditions, prev, active, positions)
+        for row in self.rows:
+            if row.speak and row.conv.backlog_length:
+                row.conv.srh_positions += row.conv.backlog_length
+                row.conv.srh_backlog = None
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def done(self) -> bool:
+        return all(r.finished for r in self.rows)
+
+    def cancel(self, row: int = 0, spoken_tokens: int | None = None) -> None:
+        """Stop row ``row`` at the next step (barge-in).
+
+        ``spoken_tokens``, when known, is how many speech tokens the user actually heard: the
+        conversation then keeps only the part of the reply that was spoken.
+        """
+        self.rows[row].cancel_requested = True
+        self.rows[row].spoken_limit = spoken_tokens
+
+    def step(self) -> list[list[Event]]:
+        """Advance every unfinished row by one backbone step; returns the new events per row."""
+        with torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[list[Event]]:
+        model, k, a, dev = self.model, self.k, self.cfg.audio_config, self.model.device
+        events: list[list[Event]] = [[] for _ in self.rows]
+        b = len(self.rows)
+        text = [self.im_end] * b
+        for i, row in enumerate(self.rows):
+            if row.finished:
+                continue
+            if row.cancel_requested:
+                row.finished, row.reason = True, "cancelled"
+                continue
+            if row.speaking and row.steps >= self.options.max_steps:
+                text[i], row.speaking, row.reason = self.cfg.audio_eos_id, False, "max_duration"
+            else:
+                ban = self.ban_speaking if row.speaking else self.ban_text
+                previous = torch.tensor(row.fed_text, dtype=torch.long, device=dev)
+                text[i] = sample_token(self.next_logits[i], self.options.text_sampling, row.conv.generator, previous, ban)
+            row.steps += 1
+            if "first_text_s" not in row.timings and text[i] not in self.hidden_specials:
+                row.timings["first_text_s"] = time.perf_counter() - self.t0
+
+        speaking = [r.speaking and not r.finished for r in self.rows]
+        groups: list[list[int] | None] = [None] * b
+        if any(speaking):
+            groups = self._speech_group(speaking)
+
+        embeds = torch.zeros(b, 1, self.cur_pre.shape[-1], dtype=self.cur_pre.dtype, device=dev)
+        text_embed = torch.zeros_like(embeds)
+        active = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        positions = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        table = model.get_input_embeddings()
+        for i, row in enumerate(self.rows):
+            if row.finished:
+                continue
+            group = groups[i]
+            if row.speaking and group is not None and a.eos_token_id in group:
+                text[i] = self.cfg.audio_eos_id
+                row.speaking = False
+                group = None
+            over = row.steps > self.options.max_steps and text[i] != self.cfg.audio_eos_id
+            if text[i] == self.im_end or (not row.speaking and over):
+                row.finished = True
+                row.reason = row.reason or ("eos" if text[i] == self.im_end else "max_duration")
+                continue
+            t = torch.tensor([text[i]], device=dev)
+            emb = table(t)
+            text_embed[i, 0] = emb[0]
+            if group is not None:
+                ids = torch.tensor([group], device=dev)
+                embeds[i, 0] = (emb[0] + model.audio_tower.group_tokens(ids)[0, 0].to(emb.dtype)) / 2
+                real = [s for s in group if s < a.bos_token_id]
+                row.speech.extend(real)
+                if real:
+                    events[i].append(SpeechTokens(real))
+                    row.timings.setdefault("first_speech_s", time.perf_counter() - self.t0)
+            else:
+                embeds[i, 0] = emb[0]
+            row.fed_text.append(text[i])
+            row.speech_at_position.append(len(row.speech))
+            if text[i] not in self.hidden_specials:
+                row.visible.append(text[i])
+                decoded = self.engine.processor.tokenizer.decode(row.visible, skip_special_tokens=True)
+                if decoded.startswith(row.emitted_text) and len(decoded) > len(row.emitted_text):
+                    events[i].append(TextDelta(decoded[len(row.emitted_text) :], [text[i]]))
+                    row.emitted_text = decoded
+            active[i, 0] = 1
+            positions[i, 0] = row.conv.positions
+            row.conv.positions += 1
+
+        # rows that stopped speaking hand their current SRH input to the backlog
+        for i, row in enumerate(self.rows):
+            if active[i, 0] and not speaking[i]:
+                row.conv.push_backlog(self.cur_pre[i : i + 1])
+        if bool(active.any()):
+            self.mask = torch.cat([self.mask, active], dim=1)
+            hidden = self._backbone(embeds, positions)
+            fed = active.bool()  # [b, 1]: rows that fed a position keep its results
+            self.next_logits = torch.where(fed, model.get_output_embeddings()(hidden[:, -1]).float(), self.next_logits)
+            self.cur_pre = torch.where(fed, (hidden + text_embed)[:, -1], self.cur_pre)
+        return events
+
+    def _speech_group(self, speaking: list[bool]) -> list[list[int] | None]:
+        """The SRH's inner loop: k sequential sub-frames for every speaking row."""
+        model, k, a, dev = self.model, self.k, self.cfg.audio_config, self.model.device
+        srh = model.audio_invert_tower
+        b, h = len(self.rows), self.cur_pre.shape[-1]
+        conditions = srh.pre_matching(self.cur_pre).reshape(b, k, h)
+        active = torch.tensor(speaking, dtype=torch.long, device=dev)[:, None]
+        delay_groups = -(-self.cfg.speech_delay // k)
+        groups: list[list[int] | None] = [[] if s else None for s in speaking]
+        prev = [r.prev_speech for r in self.rows]
+        ended = [False] * b
+        for j in range(k):
+            positions = torch.tensor(
+                [[r.conv.srh_positions * k + j] for r in self.rows], dtype=torch.long, device=dev
+            )
+            logits = self._srh(conditions[:, j : j + 1], torch.tensor([[p] for p in prev], device=dev), active, positions)
+            for i, row in enumerate(self.rows):
+                if not speaking[i]:
+                    continue
+                if ended[i]:
+                    tok = a.eos_token_id
+                elif self.options.force_delay and row.groups < delay_groups:
+                    tok = a.bos_token_id
+                else:
+                    history = torch.tensor(row.speech[-50:], dtype=torch.long, device=dev)
+                    tok = sample_token(logits[i, 0], self.options.speech_sampling, row.conv.generator, history, self.ban_speech)
+                    if tok == a.eos_token_id:
+                        ended[i] = True
+                groups[i].append(tok)
+                prev[i] = tok
+        for i, row in enumerate(self.rows):
+            if speaking[i]:
+                row.conv.srh_positions += 1
+                row.groups += 1
+                row.prev_speech = prev[i]
+                if ended[i]:
+                    groups[i] = [a.eos_token_id] * k
+        return groups
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> list[EndOfTurn]:
+        """Store each conversation's caches and history; returns the end-of-turn summaries."""
+        if self._closed:
+            raise RuntimeError("turn already closed")
+        self._closed = True
+        try:
+            with torch.inference_mode():
+                return self._close()
+        finally:
+            for row in self.rows:
+                row.conv.lock.release()
+
+    def _close(self) -> list[EndOfTurn]:
+        for row in self.rows:
+            if not row.finished:
+                row.finished, row.reason = True, "cancelled"
+        caches = split_cache(self.cache, self.mask)
+        srh_caches = split_cache(self.srh_cache, self.srh_mask)
+        results = []
+        for i, row in enumerate(self.rows):
+            conv = row.conv
+            conv.cache = caches[i]
+            conv.srh_cache = srh_caches[i]
+            # the last fed position's SRH input was never consumed
+            conv.push_backlog(self.cur_pre[i : i + 1])
+            generated = len(row.fed_text)
+            start = conv.positions - generated
+            if row.reason == "cancelled" and row.spoken_limit is not None:
+                keep = next((n for n, c in enumerate(row.speech_at_position) if c > row.spoken_limit), generated)
+                conv.truncate(start + keep, self.k)
+                row.fed_text = row.fed_text[:keep]
+                row.speech = row.speech[: row.spoken_limit]
+                row.visible = [t for t in row.fed_text if t not in self.hidden_specials]
+            closing: list[int] = []
+            if self.cfg.audio_eos_id not in row.fed_text and row.speak:
+                closing.append(self.cfg.audio_eos_id)
+            closing += [self.im_end, *self.newline]
+            self._feed_alone(conv, closing)
+            text = self.engine.processor.tokenizer.decode(row.visible, skip_special_tokens=True).strip()
+            conv.messages.extend(self._new_messages[i])
+            conv.pending = []
+            conv.messages.append(Message("assistant", text or " ", speech_tokens=row.speech or None, train=False))
+            row.timings["total_s"] = time.perf_counter() - self.t0
+            end = EndOfTurn(text=text, speech_tokens=list(row.speech), reason=row.reason, steps=row.steps, timings=dict(row.timings))
+            if self.options.tools:
+                from funaudiochat.evaluation.function_calling import NO_CALL, parse_tool_calls
+
+                parsed = parse_tool_calls(text)
+                end.tool_calls = [{"name": n, "arguments": args} for call in parsed.calls for n, args in call.items()]
+                if parsed.error and parsed.error != NO_CALL:
+                    end.tool_call_errors = [f"{parsed.error}: {parsed.message}"]
+            results.append(end)
+        return results
+
+    def _feed_alone(self, conv: Conversation, ids: list[int]) -> None:
+        """Append tokens to one conversation's cache (end-of-turn markers)."""
+        model, dev = self.model, self.model.device
+        t = torch.tensor([ids], device=dev)
+        cache, _ = merge_caches([conv.cache])
+        positions = torch.arange(conv.positions, conv.positions + len(ids), device=dev)[None]
+        mask = torch.ones(1, conv.positions + len(ids), dtype=torch.long, device=dev)
+        emb = model.get_input_embeddings()(t)
+        out = model.backbone()(inputs_embeds=emb, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        conv.cache = split_cache(out.cache, mask)[0]
+        conv.positions += len(ids)
+        conv.push_backlog((out.last_hidden_state + emb)[0])
+
+    # ------------------------------------------------------------------ single-row conveniences
+    def events(self) -> Iterator[Event]:
+        """Stream the events of a one-conversation turn; the last one is :class:`EndOfTurn`.
+
+        A consumer that stops early cancels the turn, which still leaves the conversation valid.
+        """
+        if len(self.rows) != 1:
+            raise ValueError("events() streams a single conversation; use step() for batches")
+        completed = False
+        try:
+            while not self.done:
+                yield from self.step()[0]
+            completed = True
+        finally:
+            if not completed and not self.closed:
+                self.cancel()
+                self.close()
+        yield self.close()[0]
+
+
+class Engine:
+    """Generates replies for any number of conversations with one shared model."""
+
+    def __init__(
+        self,
+        model: FunAudioChatForConditionalGeneration,
+        processor: FunAudioChatProcessor,
+        detokenizer=None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.detokenizer = detokenizer
+
+    def conversation(self, system_prompt: str | None = None, seed: int | None = 0) -> Conversation:
+        return Conversation(system_prompt=system_prompt, seed=seed)
+
+    def start(self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None) -> Turn:
+        msgs = [message] if isinstance(message, Message) else list(message)
+        return Turn(self, [conv], [msgs], options or TurnOptions())
+
+    def stream(self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None) -> Iterator[Event]:
+        """Events of one reply as they are produced (text deltas, speech tokens, end of turn)."""
+        return self.start(conv, message, options).events()
+
+    async def astream(
+        self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None
+    ) -> AsyncIterator[Event]:
+        """The same as :meth:`stream` for asyncio code: each step runs in a worker thread."""
+        turn = await asyncio.to_thread(self.start, conv, message, options)
+        completed = False
+        try:
+            while not turn.done:
+                for event in (await asyncio.to_thread(turn.step))[0]:
+                    yield event
+            completed = True
+        finally:
+            if not completed and not turn.closed:
+                turn.cancel()
+                await asyncio.to_thread(turn.close)
+        yield (await asyncio.to_thread(turn.close))[0]
+
+    def respond(self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None) -> EndOfTurn:
+        """Generate a whole reply and return its summary."""
+        end = None
+        for event in self.stream(conv, message, options):
+            if isinstance(event, EndOfTurn):
+                end = event
+        assert end is not None
+        return end
+
+    def respond_batch(
+        self,
+        conversations: Sequence[Conversation],
+        messages: Sequence[Message | Sequence[Message]],
+        options: TurnOptions | None = None,
+    ) -> list[EndOfTurn]:
+        """One reply for each conversation, decoded together as one batch."""
+        if len(conversations) != len(messages):
+            raise ValueError(f"{len(conversations)} conversations but {len(messages)} messages")
+        msgs = [[m] if isinstance(m, Message) else list(m) for m in messages]
+        turn = Turn(self, conversations, msgs, options or TurnOptions())
+        while not turn.done:
+            turn.step()
+        return turn.close()
+

@@ -1,0 +1,80 @@
+"""Token sampling: greedy, temperature, top-k, top-p and repetition penalty.
+
+Text and speech each get their own :class:`SamplingConfig`; randomness comes from a per-conversation
+``torch.Generator`` so that a seed reproduces a conversation exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """``temperature == 0`` means greedy (arg-max)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+#: The released model's demo settings for speech: sampled, with a repetition penalty.
+DEFAULT_SPEECH_SAMPLING = SamplingConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.2)
+GREEDY = SamplingConfig()
+
+
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty: shrink positive and grow negative logits of tokens already produced."""
+    if penalty == 1.0 or previous.numel() == 0:
+        return logits
+    logits = logits.clone()
+    seen = torch.unique(previous)
+    values = logits[..., seen]
+    logits[..., seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def sample_token(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    previous: torch.Tensor | None = None,
+    banned: torch.Tensor | None = None,
+) -> int:
+    """Pick one token from a [V] logit vector."""
+    logits = logits.float()
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    if previous is not None:
+        logits = apply_repetition_penalty(logits, previous, config.repetition_penalty)
+    if config.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop = probs.cumsum(-1) - probs >= config.top_p
+        logits = logits.index_fill(-1, order[drop], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+
+from funaudiochat.config import tiny_config
+from funaudiochat.generation import Engine
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.processing import FunAudioChatProcessor, Message
+from funaudiochat.testing import word_tokenizer
+
+SPEECH = list(range(100, 130))
+SYSTEM = "hello"
+
+
+def user_audio(seed: int = 0, seconds: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def trained_engine() -> Engine:
+    """A tiny model over-fitted on two conversations, so greedy decoding has a known answer."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    proc = FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg)
+    model = FunAudioChatForConditionalGeneration(cfg)
+    spoken = [Message("system", SYSTEM), Message("user", audio=user_audio()),
+              Message("assistant", "paris is the capital", speech_tokens=SPEECH)]
+    written = [Message("system", SYSTEM), Message("user", "what is two plus two ?"), Message("assistant", "four")]
+    batch = proc.collate([proc.encode(spoken), proc.encode(written)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Engine(model, proc)
+
+
+@pytest.fixture(scope="session")
+def random_engine() -> Engine:
+    torch.manual_seed(1)
+    cfg = tiny_config()
+    return Engine(FunAudioChatForConditionalGeneration(cfg), FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg))

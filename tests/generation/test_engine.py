@@ -1,0 +1,193 @@
+"""The generation engine: correctness against training, isolation, batching, cancellation, stops."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from funaudiochat.generation import EndOfTurn, SamplingConfig, SpeechTokens, TextDelta, TurnOptions
+from funaudiochat.processing import Message
+
+from .conftest import SPEECH, SYSTEM, user_audio
+
+GREEDY_S2S = TurnOptions(mode="s2s", max_seconds=5, speech_sampling=SamplingConfig())
+S2T = TurnOptions(mode="s2t", max_seconds=5)
+
+
+def check_invariants(conv, k=5):
+    assert conv.srh_positions + conv.backlog_length == conv.positions
+    assert conv.cache.length == conv.positions
+    if conv.srh_cache is not None:
+        assert conv.srh_cache.length == k * conv.srh_positions
+
+
+def test_speech_reply_reproduces_what_was_trained(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    events = list(trained_engine.stream(conv, Message("user", audio=user_audio()), GREEDY_S2S))
+    end = events[-1]
+    assert isinstance(end, EndOfTurn) and end.reason == "eos"
+    assert end.text == "paris is the capital"
+    assert end.speech_tokens == SPEECH
+    # streamed pieces add up to the final result; speech starts after the 2-step delay
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)).strip() == end.text
+    assert [t for e in events if isinstance(e, SpeechTokens) for t in e.tokens] == SPEECH
+    assert end.steps == 2 + 6 + 1 + 1  # delay groups, 30 tokens, EOS group, <|im_end|>
+    assert {"prefill_s", "first_text_s", "first_speech_s", "total_s"} <= set(end.timings)
+    check_invariants(conv)
+    assert conv.messages[-1].role == "assistant" and conv.messages[-1].speech_tokens == SPEECH
+
+
+def test_text_reply_skips_the_srh(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    end = trained_engine.respond(conv, Message("user", "what is two plus two ?"), S2T)
+    assert (end.text, end.reason, end.speech_tokens) == ("four", "eos", [])
+    assert conv.srh_cache is None and conv.srh_positions == 0
+    check_invariants(conv)
+
+
+def test_multi_turn_keeps_history_in_the_cache(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    trained_engine.respond(conv, Message("user", "what is two plus two ?"), S2T)
+    before = conv.positions
+    trained_engine.respond(conv, Message("user", audio=user_audio()), GREEDY_S2S)
+    check_invariants(conv)
+    assert conv.positions > before
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "user", "assistant"]
+    # the first turn's positions are still the same tensors: the history was not re-encoded
+    assert conv.srh_positions == conv.positions - conv.backlog_length
+
+
+def run_alone(engine, message, options):
+    conv = engine.conversation(system_prompt=SYSTEM, seed=3)
+    end = engine.respond(conv, message, options)
+    return end.text, end.speech_tokens
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_interleaved_conversations_equal_each_alone(random_engine, sampled):
+    opts = TurnOptions(mode="s2s", max_seconds=2.0, text_sampling=SamplingConfig(temperature=1.0) if sampled else SamplingConfig(),
+                       speech_sampling=SamplingConfig(temperature=1.0) if sampled else SamplingConfig())
+    msgs = [Message("user", audio=user_audio(5, 1.3)), Message("user", "hello who are you ?")]
+    alone = [run_alone(random_engine, m, opts) for m in msgs]
+    convs = [random_engine.conversation(system_prompt=SYSTEM, seed=3) for _ in msgs]
+    turns = [random_engine.start(c, m, opts) for c, m in zip(convs, msgs)]
+    while not all(t.done for t in turns):
+        for t in turns:
+            if not t.done:
+                t.step()
+    together = [(e.text, e.speech_tokens) for t in turns for e in t.close()]
+    assert together == alone
+
+
+def test_threads_share_one_model(random_engine):
+    opts = TurnOptions(mode="s2s", max_seconds=2.0, speech_sampling=SamplingConfig())
+    msgs = [Message("user", audio=user_audio(s, 1.0 + 0.2 * s)) for s in range(3)]
+    alone = [run_alone(random_engine, m, opts) for m in msgs]
+    results = [None] * 3
+
+    def work(i):
+        results[i] = run_alone(random_engine, msgs[i], opts)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == alone
+
+
+def test_batched_equals_one_at_a_time(random_engine):
+    opts = TurnOptions(mode="s2s", max_seconds=2.0, speech_sampling=SamplingConfig())
+    first = [Message("user", audio=user_audio(1, 0.8)), Message("user", audio=user_audio(2, 1.6)), Message("user", "what is the capital of france ?")]
+    second = [Message("user", "thanks"), Message("user", audio=user_audio(3, 0.5)), Message("user", "tell me about paris")]
+    solo, batch = [], []
+    for i in range(3):
+        conv = random_engine.conversation(system_prompt=SYSTEM)
+        a = random_engine.respond(conv, first[i], opts)
+        b = random_engine.respond(conv, second[i], opts)
+        solo.append([(a.text, a.speech_tokens), (b.text, b.speech_tokens)])
+    convs = [random_engine.conversation(system_prompt=SYSTEM) for _ in range(3)]
+    a = random_engine.respond_batch(convs, first, opts)
+    b = random_engine.respond_batch(convs, second, opts)  # histories of different lengths
+    batch = [[(a[i].text, a[i].speech_tokens), (b[i].text, b[i].speech_tokens)] for i in range(3)]
+    assert batch == solo
+    for conv in convs:
+        check_invariants(conv)
+
+
+def test_cancel_truncates_to_what_was_spoken(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    turn = trained_engine.start(conv, Message("user", audio=user_audio()), GREEDY_S2S)
+    for _ in range(5):  # 2 delay groups + 3 speech groups = 15 tokens produced
+        turn.step()
+    turn.cancel(spoken_tokens=7)
+    events = turn.step()
+    assert events == [[]] and turn.done  # stopped within one step, nothing more produced
+    end = turn.close()[0]
+    assert end.reason == "cancelled"
+    assert end.speech_tokens == SPEECH[:7]
+    assert conv.messages[-1].speech_tokens == SPEECH[:7]
+    check_invariants(conv)
+    # the conversation goes on normally
+    nxt = trained_engine.respond(conv, Message("user", "what is two plus two ?"), S2T)
+    assert nxt.reason in ("eos", "max_duration")
+    check_invariants(conv)
+
+
+def test_consumer_stopping_early_cancels_cleanly(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    stream = trained_engine.stream(conv, Message("user", audio=user_audio()), GREEDY_S2S)
+    for event in stream:
+        if isinstance(event, SpeechTokens):
+            break
+    stream.close()
+    check_invariants(conv)
+    assert not conv.lock.locked()
+    trained_engine.respond(conv, Message("user", "what is two plus two ?"), S2T)
+
+
+def test_max_duration_stops_the_reply(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    end = trained_engine.respond(conv, Message("user", audio=user_audio()),
+                                 TurnOptions(mode="s2s", max_seconds=0.8, speech_sampling=SamplingConfig()))
+    assert end.reason == "max_duration"
+    assert end.speech_tokens == SPEECH[:10]  # 4 steps: 2 delay groups + 2 speech groups
+    check_invariants(conv)
+
+
+def test_seeds_make_sampling_reproducible(random_engine):
+    opts = TurnOptions(mode="s2s", max_seconds=1.0, text_sampling=SamplingConfig(temperature=1.5),
+                       speech_sampling=SamplingConfig(temperature=1.5, top_k=50))
+
+    def run(seed):
+        conv = random_engine.conversation(seed=seed)
+        end = random_engine.respond(conv, Message("user", "hello"), opts)
+        return end.text, end.speech_tokens
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_async_stream_equals_sync(trained_engine):
+    async def collect():
+        conv = trained_engine.conversation(system_prompt=SYSTEM)
+        return [e async for e in trained_engine.astream(conv, Message("user", audio=user_audio()), GREEDY_S2S)]
+
+    events = asyncio.run(collect())
+    assert events[-1].text == "paris is the capital" and events[-1].speech_tokens == SPEECH
+
+
+def test_one_reply_at_a_time_per_conversation(trained_engine):
+    conv = trained_engine.conversation(system_prompt=SYSTEM)
+    turn = trained_engine.start(conv, Message("user", "hello"), S2T)
+    with pytest.raises(RuntimeError, match="already has a reply in progress"):
+        trained_engine.start(conv, Message("user", "hello"), S2T)
+    turn.close()
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TurnOptions(mode="speech")
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0)
