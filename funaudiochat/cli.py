@@ -88,7 +88,10 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_inspect,)
+def _commands() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
+    from funaudiochat.chat import add_chat_parser, add_demo_parser
+
+    return (add_demo_parser, add_chat_parser, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in COMMANDS:
+    for add in _commands():
         add(sub)
     return parser
 

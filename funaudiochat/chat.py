@@ -1,0 +1,210 @@
+"""``funaudiochat chat``: talk to a model from the terminal, and the built-in ``demo``.
+
+Text streams to stdout as it is generated; logs go to stderr.  Speech is written as a wav when the
+model directory has a detokenizer, and the speech tokens can always be saved as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+logger = logging.getLogger(__name__)
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (text and speech are sampled separately)")
+    g.add_argument("--temperature", type=float, default=0.0, help="text temperature; 0 = greedy (default 0)")
+    g.add_argument("--top-k", type=int, default=0, help="text top-k; 0 = off (default 0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="text nucleus mass (default 1.0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="text repetition penalty (default 1.0 = off)")
+    g.add_argument("--speech-temperature", type=float, default=0.8, help="speech temperature; 0 = greedy (default 0.8)")
+    g.add_argument("--speech-top-k", type=int, default=0, help="speech top-k (default 0 = off)")
+    g.add_argument("--speech-top-p", type=float, default=0.9, help="speech nucleus mass (default 0.9)")
+    g.add_argument("--speech-repetition-penalty", type=float, default=1.2, help="speech repetition penalty (default 1.2)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the conversation (default 0)")
+    g.add_argument("--max-seconds", type=float, default=60.0, help="longest reply in seconds of speech (default 60)")
+
+
+def turn_options(args: argparse.Namespace):
+    from funaudiochat.generation import SamplingConfig, TurnOptions
+
+    return TurnOptions(
+        mode="s2t" if args.text_only else "s2s",
+        text_sampling=SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty),
+        speech_sampling=SamplingConfig(
+            args.speech_temperature, args.speech_top_k, args.speech_top_p, args.speech_repetition_penalty
+        ),
+        max_seconds=args.max_seconds,
+    )
+
+
+def load_engine(model_dir: str, dtype: str = "float32"):
+    """Model, tokenizer and processor from a checkpoint directory."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from funaudiochat.generation import Engine
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.processing import FunAudioChatProcessor
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: {model_dir} is not a model directory (no config.json)")
+    t = time.perf_counter()
+    model = FunAudioChatForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    logger.info("loaded %s in %.1f s", model_dir, time.perf_counter() - t)
+    return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
+
+
+def run_turn(engine, conv, message, options, out: TextIO = sys.stdout):
+    """Stream one reply: text to ``out`` as it comes; returns the end-of-turn summary."""
+    from funaudiochat.generation import EndOfTurn, TextDelta
+
+    end = None
+    for event in engine.stream(conv, message, options):
+        if isinstance(event, TextDelta):
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, EndOfTurn):
+            end = event
+    out.write("\n")
+    out.flush()
+    logger.info(
+        "reply: %d steps, %d speech tokens, %s; first text %.0f ms, first speech %s",
+        end.steps, len(end.speech_tokens), end.reason, 1000 * end.timings.get("first_text_s", float("nan")),
+        f"{1000 * end.timings['first_speech_s']:.0f} ms" if "first_speech_s" in end.timings else "-",
+    )
+    return end
+
+
+def user_message(audio: str | None, text: str | None):
+    from funaudiochat.audio.io import load_audio
+    from funaudiochat.processing import Message
+
+    if audio is None and not text:
+        raise SystemExit("error: give --audio FILE and/or --text TEXT (or use --interactive)")
+    wave = load_audio(audio) if audio else None
+    return Message("user", text=text or None, audio=wave)
+
+
+def write_outputs(end, args: argparse.Namespace) -> None:
+    if args.tokens_out:
+        Path(args.tokens_out).write_text(json.dumps({"text": end.text, "speech_tokens": end.speech_tokens}))
+        logger.info("wrote speech tokens to %s", args.tokens_out)
+    if args.out:
+        raise SystemExit(
+            "error: --out needs a speech detokenizer, and this model directory has none; "
+            "use --tokens-out to save the speech tokens"
+        )
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from funaudiochat.prompts import system_prompt
+
+    engine = load_engine(args.model, args.dtype)
+    options = turn_options(args)
+    conv = engine.conversation(system_prompt=args.system or system_prompt(options.mode), seed=args.seed)
+    if not args.interactive:
+        end = run_turn(engine, conv, user_message(args.audio, args.text), options)
+        write_outputs(end, args)
+        return 0
+    logger.warning("interactive mode: type a message, or '/audio FILE' to speak a file; an empty line quits")
+    while True:
+        sys.stderr.write("you> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            return 0
+        line = line.strip()
+        try:
+            message = user_message(line[7:].strip(), None) if line.startswith("/audio ") else user_message(None, line)
+        except (ValueError, FileNotFoundError) as err:
+            logger.error("%s", err)
+            continue
+        run_turn(engine, conv, message, options)
+
+
+def add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="talk to a model: spoken or written question in, text (and speech) out",
+        description="Answer a spoken (--audio) or written (--text) question with a local model. "
+        "The answer text streams to stdout. Example: funaudiochat chat --model DIR --audio question.wav "
+        "--tokens-out answer.json",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="model directory (config.json, safetensors, tokenizer); the released 8B works")
+    p.add_argument("--audio", help="the question as a sound file (wav/flac/ogg; any rate, resampled to 16 kHz)")
+    p.add_argument("--text", help="the question as text (with --audio: an instruction about the audio)")
+    p.add_argument("--out", help="write the spoken answer here as a wav (needs a detokenizer)")
+    p.add_argument("--tokens-out", help="write the answer text and its 25 Hz speech tokens here as JSON")
+    p.add_argument("--text-only", action="store_true", help="answer with text only (the speech head is skipped)")
+    p.add_argument("--interactive", action="store_true", help="multi-turn chat on the terminal")
+    p.add_argument("--system", help="system prompt (default: the mode's prompt from funaudiochat.prompts)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_sampling_arguments(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a tiny model on one spoken exchange for a few seconds, then talk to it."""
+    import numpy as np
+    import torch
+
+    from funaudiochat.config import tiny_config
+    from funaudiochat.generation import Engine, SamplingConfig, TurnOptions
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.processing import FunAudioChatProcessor, Message
+    from funaudiochat.prompts import system_prompt
+    from funaudiochat.testing import word_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    proc = FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg)
+    model = FunAudioChatForConditionalGeneration(cfg)
+    question = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    answer_tokens = list(range(100, 130))
+    prompt = system_prompt("s2s")
+    example = [
+        Message("system", prompt),
+        Message("user", audio=question),
+        Message("assistant", "paris is the capital of france", speech_tokens=answer_tokens),
+    ]
+    batch = proc.collate([proc.encode(example)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    logger.warning(
+        "trained a %.1f M-parameter model for %d steps in %.1f s (text loss %.3f, speech loss %.3f)",
+        sum(p.numel() for p in model.parameters()) / 1e6, args.steps, time.perf_counter() - t,
+        out.text_loss.item(), out.speech_loss.item(),
+    )
+    engine = Engine(model, proc)
+    conv = engine.conversation(system_prompt=prompt, seed=0)
+    end = run_turn(engine, conv, Message("user", audio=question), TurnOptions(mode="s2s", max_seconds=5, speech_sampling=SamplingConfig()))
+    logger.warning("speech tokens: %s (trained on %s)", end.speech_tokens, "the same" if end.speech_tokens == answer_tokens else "different ones")
+    return 0
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a self-contained end-to-end run: train a tiny model on one spoken exchange, then ask it",
+        description="Builds a tiny Fun-Audio-Chat model, trains it for a few seconds on one spoken "
+        "question and its spoken answer, then streams the model's text answer to stdout and logs its "
+        "speech tokens. Shows the whole pipeline (audio features, grouping, SRH, joint decoding) with "
+        "nothing to download.",
+    )
+    p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
+    p.set_defaults(func=cmd_demo)
