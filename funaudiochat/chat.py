@@ -63,10 +63,11 @@ def load_engine(model_dir: str, dtype: str = "float32"):
     return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
 
 
-def run_turn(engine, conv, message, options, out: TextIO = sys.stdout):
-    """Stream one reply: text to ``out`` as it comes; returns the end-of-turn summary."""
+def run_turn(engine, conv, message, options, out: TextIO | None = None):
+    """Stream one reply: text to ``out`` (stdout) as it comes; returns the end-of-turn summary."""
     from funaudiochat.generation import EndOfTurn, TextDelta
 
+    out = out or sys.stdout
     end = None
     for event in engine.stream(conv, message, options):
         if isinstance(event, TextDelta):

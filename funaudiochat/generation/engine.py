@@ -25,9 +25,10 @@ from funaudiochat.generation.cache import PackedCache, merge_caches, split_cache
 from funaudiochat.generation.events import EndOfTurn, Event, SpeechTokens, TextDelta
 from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING, GREEDY, SamplingConfig, sample_token
 from funaudiochat.generation.state import Conversation
+from funaudiochat.generation.tools import tool_calls_from_text
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 from funaudiochat.processing import FunAudioChatProcessor, Message
-from funaudiochat.prompts import system_prompt
+from funaudiochat.prompts import function_calling_prompt, system_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ class Turn:
         if not conv.messages and not conv.pending and not any(m.role == "system" for m in new):
             conv.pending.append(Message("system", system_prompt(self.options.mode)))
         if self.options.tools and not any(m.role == "system" for m in [*conv.messages, *conv.pending, *new]):
-            from funaudiochat.prompts import function_calling_prompt
-
             conv.pending.append(Message("system", function_calling_prompt(self.options.tools)))
         todo = [*conv.pending, *new]
         return self.engine.processor.encode(todo, add_generation_prompt=True, speak=row.speak), todo
@@ -433,12 +432,7 @@ class Turn:
             row.timings["total_s"] = time.perf_counter() - self.t0
             end = EndOfTurn(text=text, speech_tokens=list(row.speech), reason=row.reason, steps=row.steps, timings=dict(row.timings))
             if self.options.tools:
-                from funaudiochat.evaluation.function_calling import NO_CALL, parse_tool_calls
-
-                parsed = parse_tool_calls(text)
-                end.tool_calls = [{"name": n, "arguments": args} for call in parsed.calls for n, args in call.items()]
-                if parsed.error and parsed.error != NO_CALL:
-                    end.tool_call_errors = [f"{parsed.error}: {parsed.message}"]
+                end.tool_calls, end.tool_call_errors = tool_calls_from_text(text)
             results.append(end)
         return results
 

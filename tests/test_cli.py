@@ -1,0 +1,62 @@
+"""The command line: help, chat end to end on a tiny saved model, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from funaudiochat.cli import main
+from funaudiochat.config import tiny_config
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.testing import word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    FunAudioChatForConditionalGeneration(tiny_config()).save_pretrained(path)
+    word_tokenizer(vocab_size=512).save_pretrained(path)
+    return path
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("chat", "demo", "inspect"):
+        assert command in out
+
+
+def test_chat_with_audio_writes_text_and_tokens(model_dir, tmp_path, capsys):
+    wav = tmp_path / "q.wav"
+    sf.write(wav, (np.random.default_rng(0).standard_normal(44100) * 0.1).astype(np.float32), 44100)  # resampled
+    tokens = tmp_path / "answer.json"
+    code = main(["chat", "--model", str(model_dir), "--audio", str(wav), "--max-seconds", "1",
+                 "--speech-temperature", "0", "--tokens-out", str(tokens)])
+    assert code == 0
+    saved = json.loads(tokens.read_text())
+    assert saved["text"] == capsys.readouterr().out.strip()
+    assert 0 < len(saved["speech_tokens"]) <= 15  # at most 5 steps, 2 of them the delay
+    assert all(0 <= t < 6561 for t in saved["speech_tokens"])
+
+
+def test_chat_text_only(model_dir, capsys):
+    assert main(["chat", "--model", str(model_dir), "--text", "hello", "--text-only", "--max-seconds", "1"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_bad_inputs_get_clear_errors(model_dir, tmp_path, caplog):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF0000WAVEfmt garbage")
+    assert main(["chat", "--model", str(model_dir), "--audio", str(bad)]) == 2
+    assert "broken.wav" in caplog.text
+    assert main(["chat", "--model", str(model_dir), "--text", "hi", "--top-p", "0"]) == 2
+    assert "top_p must be in (0, 1]" in caplog.text
+    with pytest.raises(SystemExit, match="not a model directory"):
+        main(["chat", "--model", str(tmp_path), "--text", "hi"])
+    with pytest.raises(SystemExit, match="give --audio FILE and/or --text"):
+        main(["chat", "--model", str(model_dir)])
