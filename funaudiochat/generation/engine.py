@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from funaudiochat.generation.cache import PackedCache, merge_caches, split_cache
-from funaudiochat.generation.events import EndOfTurn, Event, SpeechTokens, TextDelta
+from funaudiochat.generation.events import AudioChunk, EndOfTurn, Event, SpeechTokens, TextDelta
 from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING, GREEDY, SamplingConfig, sample_token
 from funaudiochat.generation.state import Conversation
 from funaudiochat.generation.tools import tool_calls_from_text
@@ -52,6 +52,7 @@ class TurnOptions:
     max_seconds: float = 60.0
     force_delay: bool = True
     tools: tuple[dict, ...] | None = None
+    voice: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -84,6 +85,8 @@ class _Row:
     speech_at_position: list[int] = field(default_factory=list)  # speech tokens input up to each position
     emitted_text: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    audio: object | None = None  # the detokenizer's stream while speaking
+    tail: list = field(default_factory=list)  # events produced while closing (last audio)
 
 
 class Turn:
@@ -195,8 +198,11 @@ class Turn:
         self.srh_mask = srh_past.to(dev)
         if any(r.speak for r in self.rows):
             self._flush_backlogs()
+        detok = self.engine.detokenizer
         for row in self.rows:
             row.speaking = row.speak
+            if detok is not None and row.speak:
+                row.audio = detok.stream(self.options.voice)
 
     def _backbone(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model.backbone()(
@@ -321,6 +327,10 @@ class Turn:
                 if real:
                     events[i].append(SpeechTokens(real))
                     row.timings.setdefault("first_speech_s", time.perf_counter() - self.t0)
+                    if row.audio is not None:
+                        for chunk in row.audio.push(real):
+                            events[i].append(AudioChunk(chunk, self.engine.detokenizer.sample_rate))
+                            row.timings.setdefault("first_audio_s", time.perf_counter() - self.t0)
             else:
                 embeds[i, 0] = emb[0]
             row.fed_text.append(text[i])
@@ -412,6 +422,10 @@ class Turn:
             conv.srh_cache = srh_caches[i]
             # the last fed position's SRH input was never consumed
             conv.push_backlog(self.cur_pre[i : i + 1])
+            if row.audio is not None:
+                last = row.audio.flush()
+                if len(last):
+                    row.tail.append(AudioChunk(last, self.engine.detokenizer.sample_rate))
             generated = len(row.fed_text)
             start = conv.positions - generated
             if row.reason == "cancelled" and row.spoken_limit is not None:
@@ -466,11 +480,19 @@ class Turn:
             if not completed and not self.closed:
                 self.cancel()
                 self.close()
-        yield self.close()[0]
+        end = self.close()[0]
+        yield from self.rows[0].tail
+        yield end
 
 
 class Engine:
-    """Generates replies for any number of conversations with one shared model."""
+    """Generates replies for any number of conversations with one shared model.
+
+    ``detokenizer`` (optional) turns speech tokens into audio as they arrive: an object with a
+    ``sample_rate`` and ``stream(voice)`` returning a stream with ``push(tokens) -> list[np.ndarray]``
+    and ``flush() -> np.ndarray`` (see ``funaudiochat.audio``).  With it, turns also yield
+    :class:`AudioChunk` events.
+    """
 
     def __init__(
         self,
@@ -508,7 +530,10 @@ class Engine:
             if not completed and not turn.closed:
                 turn.cancel()
                 await asyncio.to_thread(turn.close)
-        yield (await asyncio.to_thread(turn.close))[0]
+        end = (await asyncio.to_thread(turn.close))[0]
+        for event in turn.rows[0].tail:
+            yield event
+        yield end
 
     def respond(self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None) -> EndOfTurn:
         """Generate a whole reply and return its summary."""

@@ -1,6 +1,8 @@
 """The generation engine: correctness against training, isolation, batching, cancellation, stops."""
 
 import asyncio
+
+import numpy as np
 import threading
 
 import pytest
@@ -191,3 +193,44 @@ def test_bad_options_are_rejected():
         TurnOptions(mode="speech")
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
+
+
+class CountingDetokenizer:
+    """A stand-in vocoder: each token becomes 10 samples of its value, in chunks of 5 tokens."""
+
+    sample_rate = 1000
+
+    def stream(self, voice):
+        outer = self
+
+        class Stream:
+            def __init__(self):
+                self.buf, self.voice = [], voice
+
+            def push(self, tokens):
+                self.buf += tokens
+                out = []
+                while len(self.buf) >= 5:
+                    out.append(np.repeat(np.array(self.buf[:5], dtype=np.float32), 10))
+                    self.buf = self.buf[5:]
+                return out
+
+            def flush(self):
+                rest = np.repeat(np.array(self.buf, dtype=np.float32), 10)
+                self.buf = []
+                return rest
+
+        return Stream()
+
+
+def test_audio_chunks_follow_the_speech_tokens(trained_engine):
+    from funaudiochat.generation import AudioChunk, Engine
+
+    engine = Engine(trained_engine.model, trained_engine.processor, detokenizer=CountingDetokenizer())
+    conv = engine.conversation(system_prompt=SYSTEM)
+    events = list(engine.stream(conv, Message("user", audio=user_audio()), GREEDY_S2S))
+    chunks = [e for e in events if isinstance(e, AudioChunk)]
+    assert all(c.sample_rate == 1000 for c in chunks)
+    audio = np.concatenate([c.audio for c in chunks])
+    np.testing.assert_array_equal(audio, np.repeat(np.array(SPEECH, dtype=np.float32), 10))
+    assert "first_audio_s" in events[-1].timings

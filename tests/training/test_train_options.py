@@ -1,0 +1,79 @@
+"""Trainer options: LoRA on the backbone, gradient checkpointing, data-order planning, epochs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from funaudiochat.training.checkpoint import ResumableSampler
+from funaudiochat.training.synthetic import write_synthetic_dataset
+from funaudiochat.training.trainer import RankBatchSampler, draw, total_steps
+from tests.training.tiny_runs import tiny_recipe, weights
+
+FAST = ["train.max_steps=2", "output.plots=false", "train.freeze=[]", "optim.lr_max=1e-3", "optim.lr_min=1e-4"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), n=6, kind="sft", seed=9)
+
+
+def _init_weights():
+    from funaudiochat.training.model_setup import build_model
+    from funaudiochat.training.recipes import ModelSection
+
+    return {k: v.detach().clone() for k, v in build_model(ModelSection(tiny=True))[0].state_dict().items()}
+
+
+def test_lora_trains_only_adapters_in_the_backbone_and_merges_them(tmp_path, data):
+    pytest.importorskip("peft")
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.training.trainer import train
+
+    result = train(tiny_recipe("pre_alignment", data, tmp_path / "lora", *FAST, "train.lora.r=4",
+                               "train.lora.target_modules=[q_proj, v_proj]"))
+    init, final = _init_weights(), weights(result.final_dir)
+    # adapters folded in: a plain checkpoint (save_pretrained leaves out the SRH head tied to the embedding)
+    assert set(final) == set(init) - {"audio_invert_tower.lm_head.weight"}
+    for k, v in final.items():
+        if k.startswith("language_model."):
+            targeted = ".q_proj." in k or ".v_proj." in k
+            assert torch.equal(v, init[k]) != targeted, k  # exactly the LoRA targets changed
+    assert not torch.equal(final["audio_tower.embed_tokens.weight"], init["audio_tower.embed_tokens.weight"])
+    FunAudioChatForConditionalGeneration.from_pretrained(result.final_dir)  # strict load
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path, data):
+    from funaudiochat.training.trainer import train
+
+    plain = train(tiny_recipe("pre_alignment", data, tmp_path / "plain", *FAST))
+    ckpt = train(tiny_recipe("pre_alignment", data, tmp_path / "gc", *FAST, "train.gradient_checkpointing=true"))
+    a, b = weights(plain.final_dir), weights(ckpt.final_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_rank_batches_partition_each_global_batch():
+    sampler = ResumableSampler(10, seed=3)
+    one = list(RankBatchSampler(sampler, steps=4, batch_size=2, grad_accum=2, rank=0, world=1))
+    two = [list(RankBatchSampler(sampler, steps=4, batch_size=2, grad_accum=1, rank=r, world=2)) for r in range(2)]
+    # micro-step m of rank r holds slice (m * world + r) of the global batch
+    assert [b for pair in zip(two[0], two[1]) for b in pair] == one
+    reference = ResumableSampler(10, seed=3)
+    flat = [i for b in one for i in b]
+    assert flat == draw(reference, 16)  # crosses the epoch boundary at 10
+    assert flat[:10] == reference.order(0) and flat[10:] == reference.order(1)[:6]
+    assert (reference.state.epoch, reference.state.position) == (1, 6)
+
+
+def test_epochs_set_the_number_of_steps(data):
+    recipe = tiny_recipe("pre_alignment", data, data.parent / "unused", "train.max_steps=null", "train.epochs=1.5")
+    assert total_steps(recipe, num_samples=6, world=1) == 5  # ceil(1.5 * 6 / 2)
+    assert total_steps(recipe, num_samples=6, world=2) == 3
+
+
+def test_unknown_freeze_prefix_is_an_error(tmp_path, data):
+    from funaudiochat.training.trainer import train
+
+    with pytest.raises(ValueError, match=r"train.freeze: prefix\(es\) \['langauge_model.'\] match no parameter"):
+        train(tiny_recipe("pre_alignment", data, tmp_path / "typo", *FAST, "train.freeze=[langauge_model.]"))
