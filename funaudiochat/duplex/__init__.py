@@ -1,0 +1,1 @@
+"""Full-duplex conversation: two-stream timelines for training (more to come: model, engine)."""
