@@ -31,13 +31,10 @@ def to_mono_float32(audio: np.ndarray) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int = TARGET_SR) -> np.ndarray:
-    """Resample mono float audio with soxr (deterministic, high quality)."""
-    audio = to_mono_float32(audio)
-    if sr_in == sr_out:
-        return audio
-    import soxr
+    """Resample any-channel audio to mono float32 (soxr HQ, via ``funaudiochat.audio.io``)."""
+    from funaudiochat.audio.io import resample as _resample
 
-    return np.ascontiguousarray(soxr.resample(audio, sr_in, sr_out, quality="HQ"), dtype=np.float32)
+    return _resample(to_mono_float32(audio), sr_in, sr_out)
 
 
 def load_audio(path: str | os.PathLike[str], sr: int = TARGET_SR) -> np.ndarray:

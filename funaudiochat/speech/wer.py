@@ -82,14 +82,10 @@ def normalize_text(text: str) -> str:
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance between two token lists (substitutions, insertions, deletions all cost 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance between two token lists (the evaluation package's alignment)."""
+    from funaudiochat.evaluation.wer import edit_counts
+
+    return edit_counts(ref, hyp).errors
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
