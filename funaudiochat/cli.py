@@ -6,6 +6,7 @@ Results go to stdout; logs and progress go to stderr, so output can be piped.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -88,11 +89,30 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+#: Subcommands whose arguments (``--help`` included) belong to another module's ``main(argv)``.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "synth-data": (
+        "speak a JSONL of texts with offline TTS, keeping what local Whisper understands",
+        "funaudiochat.speech.synthesize:main",
+    ),
+}
+
+
+def _add_delegated(sub: argparse._SubParsersAction) -> None:
+    for name, (help_text, _target) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
+
+def _run_delegated(name: str, argv: Sequence[str]) -> int:
+    module, func = DELEGATED[name][1].split(":")
+    return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
+
+
 def _commands() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
     from funaudiochat.chat import add_chat_parser, add_demo_parser
     from funaudiochat.training.cli import add_merge_parser, add_train_parser
 
-    return (add_demo_parser, add_chat_parser, add_train_parser, add_merge_parser, _add_inspect)
+    return (add_demo_parser, add_chat_parser, add_train_parser, add_merge_parser, _add_delegated, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -60,3 +60,10 @@ def test_bad_inputs_get_clear_errors(model_dir, tmp_path, caplog):
         main(["chat", "--model", str(tmp_path), "--text", "hi"])
     with pytest.raises(SystemExit, match="give --audio FILE and/or --text"):
         main(["chat", "--model", str(model_dir)])
+
+
+def test_delegated_subcommand_gets_its_own_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth-data", "--help"])
+    assert exit_.value.code == 0
+    assert "--wer-threshold" in capsys.readouterr().out
