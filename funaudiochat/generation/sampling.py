@@ -66,7 +66,8 @@ def sample_token(
         logits = apply_repetition_penalty(logits, previous, config.repetition_penalty)
     if config.greedy:
         return int(torch.argmax(logits))
-    logits = logits / config.temperature
+    # shift first so that a tiny temperature sends the others to -inf instead of overflowing to nan
+    logits = (logits - logits.max()) / config.temperature
     if config.top_k:
         kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -75,6 +76,7 @@ def sample_token(
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs >= config.top_p
+        drop[0] = False  # a top_p that rounds to 0 in float32 must still leave the best token
         logits = logits.index_fill(-1, order[drop], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,131 @@
+"""Shared fixtures: a tiny random model with a fake detokenizer, served on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("websockets")
+
+from funaudiochat.config import tiny_config  # noqa: E402
+from funaudiochat.generation import Engine  # noqa: E402
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration  # noqa: E402
+from funaudiochat.processing import FunAudioChatProcessor  # noqa: E402
+from funaudiochat.testing import word_tokenizer  # noqa: E402
+
+SAMPLES_PER_TOKEN = 640  # the fake detokenizer: 40 ms at 16 kHz per 25 Hz speech token
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+class ToneDetokenizer:
+    """A stand-in vocoder: each speech token becomes 40 ms of a tone (pitch from the id), in 5-token chunks."""
+
+    sample_rate = 16000
+    voices = ("alto", "tenor")
+
+    @staticmethod
+    def render(tokens) -> np.ndarray:
+        t = np.arange(SAMPLES_PER_TOKEN) / 16000
+        return np.concatenate([0.2 * np.sin(2 * np.pi * (200 + tok % 400) * t) for tok in tokens]).astype(np.float32)
+
+    def stream(self, voice):
+        render = self.render
+
+        class Stream:
+            def __init__(self) -> None:
+                self.buf: list[int] = []
+
+            def push(self, tokens):
+                self.buf += list(tokens)
+                out = []
+                while len(self.buf) >= 5:
+                    out.append(render(self.buf[:5]))
+                    self.buf = self.buf[5:]
+                return out
+
+            def flush(self):
+                rest = render(self.buf) if self.buf else np.zeros(0, dtype=np.float32)
+                self.buf = []
+                return rest
+
+        return Stream()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = FunAudioChatForConditionalGeneration(cfg)
+    return Engine(model, FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg), detokenizer=ToneDetokenizer())
+
+
+@pytest.fixture(scope="module")
+def settings():
+    from funaudiochat.serving.settings import ServerSettings
+
+    return ServerSettings(max_audio_seconds=3.0, max_sessions=4, default_output_seconds=2.0, max_output_seconds=60.0,
+                          max_frame_bytes=256 * 1024, max_request_bytes=2 * 1024 * 1024, max_http_concurrency=2)
+
+
+@pytest.fixture(scope="module")
+def server(engine, settings):
+    from funaudiochat.serving.server import BackgroundServer
+
+    with BackgroundServer(engine, settings) as srv:
+        yield srv
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def espeak_wav(text: str, path: Path, lead: float = 0.5, tail: float = 3.0) -> np.ndarray:
+    """Synthetic speech (espeak-ng) at 16 kHz with silence around it, written to ``path``; skips without espeak-ng."""
+    import soundfile as sf
+
+    from funaudiochat.audio.io import load_audio
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run([exe, "-w", str(raw), text], check=True, capture_output=True)
+    speech = load_audio(raw)
+    audio = np.concatenate([np.zeros(int(16000 * lead)), speech, np.zeros(int(16000 * tail))]).astype(np.float32)
+    sf.write(path, audio, 16000, subtype="PCM_16")
+    return audio
+
+
+async def recv_json(ws, timeout: float = 60.0) -> dict:
+    """The next JSON event (binary frames are skipped)."""
+    while True:
+        frame = await asyncio.wait_for(ws.recv(), timeout)
+        if isinstance(frame, str):
+            return json.loads(frame)
+
+
+async def until(ws, kind: str, timeout: float = 60.0) -> tuple[dict, list[dict], list[bytes]]:
+    """Read until an event of type ``kind``; returns it, the JSON events before it and the binary frames."""
+    events, binary = [], []
+    while True:
+        frame = await asyncio.wait_for(ws.recv(), timeout)
+        if isinstance(frame, bytes):
+            binary.append(frame)
+            continue
+        ev = json.loads(frame)
+        if ev["type"] == kind:
+            return ev, events, binary
+        events.append(ev)

@@ -1,0 +1,45 @@
+"""``funaudiochat serve`` argument handling (the server itself is tested through BackgroundServer)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from funaudiochat.serving.cli import _attach_detokenizer, add_serve_parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="funaudiochat")
+    add_serve_parser(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_defaults_bind_to_loopback():
+    args = parser().parse_args(["serve", "--tiny"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.api_key is None and callable(args.func)
+
+
+def test_refuses_an_exposed_address_without_a_key(monkeypatch):
+    monkeypatch.delenv("FUNAUDIOCHAT_API_KEY", raising=False)
+    args = parser().parse_args(["serve", "--tiny", "--host", "0.0.0.0"])
+    with pytest.raises(ValueError, match="refusing to serve on '0.0.0.0' without an API key"):
+        args.func(args)
+
+
+def test_model_or_tiny_is_required():
+    args = parser().parse_args(["serve"])
+    with pytest.raises(ValueError, match="give --model DIR"):
+        args.func(args)
+
+
+def test_a_detokenizer_with_another_codebook_is_not_attached(engine, monkeypatch):
+    class OtherCodebook:
+        codebook_size = 1024
+
+    monkeypatch.setattr("funaudiochat.audio.detokenizer.load_detokenizer", lambda *a, **k: OtherCodebook())
+    monkeypatch.setattr(engine, "detokenizer", None)
+    _attach_detokenizer(engine, "auto", None)  # auto: serve without audio
+    assert engine.detokenizer is None
+    with pytest.raises(ValueError, match="reads 1024 speech tokens but the model makes 6561"):
+        _attach_detokenizer(engine, "flow", None)  # asked for explicitly: an error
