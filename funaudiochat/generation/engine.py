@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -147,10 +148,13 @@ class Turn:
 
     def _encode_new(self, row: _Row, new: Sequence[Message]):
         conv = row.conv
+        tools = self.options.tools
         if not conv.messages and not conv.pending and not any(m.role == "system" for m in new):
-            conv.pending.append(Message("system", system_prompt(self.options.mode)))
-        if self.options.tools and not any(m.role == "system" for m in [*conv.messages, *conv.pending, *new]):
-            conv.pending.append(Message("system", function_calling_prompt(self.options.tools)))
+            base = system_prompt(self.options.mode)
+            conv.pending.append(Message("system", function_calling_prompt(tools, base) if tools else base))
+        elif tools and conv.messages:
+            logger.warning("tools can only be set in a conversation's first turn (they live in its system prompt)")
+        self.engine.attach_prefix(conv)
         todo = [*conv.pending, *new]
         return self.engine.processor.encode(todo, add_generation_prompt=True, speak=row.speak), todo
 
@@ -368,7 +372,20 @@ class Turn:
         groups: list[list[int] | None] = [[] if s else None for s in speaking]
         prev = [r.prev_speech for r in self.rows]
         ended = [False] * b
+        if self.options.force_delay and all(r.groups < delay_groups for r, s in zip(self.rows, speaking) if s):
+            # The delay tokens are known: feed the k sub-frames in one SRH call instead of k.
+            positions = torch.tensor(
+                [[r.conv.srh_positions * k + j for j in range(k)] for r in self.rows], dtype=torch.long, device=dev
+            )
+            prev_ids = torch.tensor([[p] + [a.bos_token_id] * (k - 1) for p in prev], device=dev)
+            self._srh(conditions, prev_ids, active.expand(b, k), positions)
+            for i in range(b):
+                if speaking[i]:
+                    groups[i] = [a.bos_token_id] * k
+                    prev[i] = a.bos_token_id
         for j in range(k):
+            if all(g is None or len(g) == k for g in groups):
+                break  # every speaking row's group is already known (the delay)
             positions = torch.tensor(
                 [[r.conv.srh_positions * k + j] for r in self.rows], dtype=torch.long, device=dev
             )
@@ -503,6 +520,46 @@ class Engine:
         self.model = model.eval()
         self.processor = processor
         self.detokenizer = detokenizer
+        # Backbone states of system prompts, shared by every conversation that starts with one.
+        self._prefixes: dict[str, tuple[PackedCache, torch.Tensor, int]] = {}
+        self._prefix_lock = threading.Lock()
+
+    MAX_PREFIXES = 8
+
+    def attach_prefix(self, conv: Conversation) -> None:
+        """Start a new conversation from the cached states of its system prompt (computed once).
+
+        The cached tensors are never modified in place (caches grow by concatenation), so sharing
+        them between conversations is safe.
+        """
+        if conv.cache is not None or not conv.pending or conv.pending[0].role != "system":
+            return
+        first = conv.pending[0]
+        if first.audio is not None or not first.text:
+            return
+        with self._prefix_lock:
+            prefix = self._prefixes.get(first.text)
+        if prefix is None:
+            prefix = self._compute_prefix(first)
+            with self._prefix_lock:
+                self._prefixes[first.text] = prefix
+                while len(self._prefixes) > self.MAX_PREFIXES:
+                    self._prefixes.pop(next(iter(self._prefixes)))
+        conv.cache, conv.srh_backlog, conv.positions = prefix
+        conv.messages.append(conv.pending.pop(0))
+
+    def _compute_prefix(self, message: Message) -> tuple[PackedCache, torch.Tensor, int]:
+        model, dev = self.model, self.model.device
+        ids = torch.tensor([self.processor.encode([message]).input_ids], device=dev)
+        n = ids.shape[1]
+        with torch.inference_mode():
+            embeds = model.get_input_embeddings()(ids)
+            mask = torch.ones(1, n, dtype=torch.long, device=dev)
+            out = model.backbone()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=torch.arange(n, device=dev)[None], use_cache=True
+            )
+            cache = split_cache(out.cache, mask)[0]
+            return cache, (out.last_hidden_state + embeds)[0], n
 
     def conversation(self, system_prompt: str | None = None, seed: int | None = 0) -> Conversation:
         return Conversation(system_prompt=system_prompt, seed=seed)

@@ -234,3 +234,23 @@ def test_audio_chunks_follow_the_speech_tokens(trained_engine):
     audio = np.concatenate([c.audio for c in chunks])
     np.testing.assert_array_equal(audio, np.repeat(np.array(SPEECH, dtype=np.float32), 10))
     assert "first_audio_s" in events[-1].timings
+
+
+def test_system_prompt_states_are_computed_once_and_shared(random_engine):
+    opts = TurnOptions(mode="s2t", max_seconds=0.4)
+    a, b = random_engine.conversation(system_prompt="be brief"), random_engine.conversation(system_prompt="be brief")
+    random_engine.attach_prefix(a)
+    random_engine.attach_prefix(b)
+    assert a.cache is b.cache and a.positions == b.positions > 0
+    assert [m.role for m in a.messages] == ["system"] and a.pending == []
+    random_engine.respond(a, Message("user", "hello"), opts)
+    check_invariants(a)
+    assert b.cache.length == b.positions  # b's shared prefix was not touched by a's turn
+
+
+def test_tools_go_into_the_first_system_prompt(random_engine):
+    conv = random_engine.conversation(seed=0)
+    tools = ({"name": "get_weather", "parameters": {"type": "object", "properties": {}}},)
+    end = random_engine.respond(conv, Message("user", "weather ?"), TurnOptions(mode="s2t", max_seconds=0.4, tools=tools))
+    assert "<tools>" in conv.messages[0].text and "get_weather" in conv.messages[0].text
+    assert isinstance(end.tool_calls, list)
