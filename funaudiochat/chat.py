@@ -41,6 +41,7 @@ def turn_options(args: argparse.Namespace):
             args.speech_temperature, args.speech_top_k, args.speech_top_p, args.speech_repetition_penalty
         ),
         max_seconds=args.max_seconds,
+        voice=getattr(args, "voice", None),
     )
 
 
@@ -63,18 +64,50 @@ def load_engine(model_dir: str, dtype: str = "float32"):
     return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
 
 
+def attach_detokenizer(engine, backend: str, path: str | None) -> None:
+    """Give the engine a detokenizer when one fits the model's speech vocabulary.
+
+    ``backend`` is ``auto`` (the shipped flow detokenizer if its codebook matches, else none),
+    ``flow``, ``cosyvoice`` (needs ``path``) or ``none``.
+    """
+    if backend == "none":
+        return
+    from funaudiochat.audio.detokenizer import load_detokenizer
+
+    try:
+        detok = load_detokenizer("cosyvoice" if backend == "cosyvoice" else "flow", path)
+    except (ImportError, OSError, ValueError) as err:
+        if backend == "auto":
+            logger.warning("no detokenizer (%s); replies carry speech tokens but no audio", err)
+            return
+        raise ValueError(f"could not load the {backend} detokenizer: {err}") from err
+    vocab = engine.model.config.audio_config.bos_token_id  # real speech ids are [0, bos)
+    size = getattr(detok, "codebook_size", None)
+    if size is not None and size != vocab:
+        message = f"the {backend} detokenizer reads {size} speech tokens but the model makes {vocab}"
+        if backend == "auto":
+            logger.warning("%s; replies carry speech tokens but no audio", message)
+            return
+        raise ValueError(message)
+    engine.detokenizer = detok
+
+
 def run_turn(engine, conv, message, options, out: TextIO | None = None):
     """Stream one reply: text to ``out`` (stdout) as it comes; returns the end-of-turn summary."""
-    from funaudiochat.generation import EndOfTurn, TextDelta
+    from funaudiochat.generation import AudioChunk, EndOfTurn, TextDelta
 
     out = out or sys.stdout
     end = None
+    chunks = []
     for event in engine.stream(conv, message, options):
         if isinstance(event, TextDelta):
             out.write(event.text)
             out.flush()
+        elif isinstance(event, AudioChunk):
+            chunks.append(event)
         elif isinstance(event, EndOfTurn):
             end = event
+    end.audio = chunks  # kept for the caller (``--out``)
     out.write("\n")
     out.flush()
     logger.info(
@@ -95,26 +128,37 @@ def user_message(audio: str | None, text: str | None):
     return Message("user", text=text or None, audio=wave)
 
 
-def write_outputs(end, args: argparse.Namespace) -> None:
+def write_outputs(end, args: argparse.Namespace, engine) -> None:
     if args.tokens_out:
         Path(args.tokens_out).write_text(json.dumps({"text": end.text, "speech_tokens": end.speech_tokens}))
         logger.info("wrote speech tokens to %s", args.tokens_out)
     if args.out:
-        raise SystemExit(
-            "error: --out needs a speech detokenizer, and this model directory has none; "
-            "use --tokens-out to save the speech tokens"
-        )
+        import numpy as np
+
+        from funaudiochat.audio.io import save_wav
+
+        audio = np.concatenate([c.audio for c in end.audio]) if end.audio else np.zeros(0, dtype=np.float32)
+        save_wav(args.out, audio, engine.detokenizer.sample_rate)
+        logger.warning("wrote %.1f s of speech to %s", len(audio) / engine.detokenizer.sample_rate, args.out)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from funaudiochat.prompts import system_prompt
 
     engine = load_engine(args.model, args.dtype)
+    attach_detokenizer(engine, args.detokenizer, args.detokenizer_path)
+    if args.out and engine.detokenizer is None:
+        raise SystemExit(
+            "error: --out needs a speech detokenizer that matches this model's speech tokens "
+            "(--detokenizer flow|cosyvoice --detokenizer-path DIR); use --tokens-out to save the tokens"
+        )
+    if args.out and args.text_only:
+        raise SystemExit("error: --out needs a spoken reply; drop --text-only")
     options = turn_options(args)
     conv = engine.conversation(system_prompt=args.system or system_prompt(options.mode), seed=args.seed)
     if not args.interactive:
         end = run_turn(engine, conv, user_message(args.audio, args.text), options)
-        write_outputs(end, args)
+        write_outputs(end, args, engine)
         return 0
     logger.warning("interactive mode: type a message, or '/audio FILE' to speak a file; an empty line quits")
     while True:
@@ -150,6 +194,10 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interactive", action="store_true", help="multi-turn chat on the terminal")
     p.add_argument("--system", help="system prompt (default: the mode's prompt from funaudiochat.prompts)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--detokenizer", default="auto", choices=["auto", "flow", "cosyvoice", "none"],
+                   help="speech tokens -> waveform: auto uses the shipped flow model when it matches the model's codebook")
+    p.add_argument("--detokenizer-path", help="folder of the detokenizer weights (CosyVoice3 for the released 8B)")
+    p.add_argument("--voice", help="voice of the spoken answer (the detokenizer's names, e.g. joe, espeak_f, espeak_m)")
     add_sampling_arguments(p)
     p.set_defaults(func=cmd_chat)
 

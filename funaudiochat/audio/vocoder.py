@@ -14,6 +14,8 @@ N // 256 frames.
 from __future__ import annotations
 
 import abc
+import contextlib
+import io
 import importlib.util
 import json
 import logging
@@ -117,7 +119,8 @@ class HifiGanVocoder(Vocoder):
             raise KeyError(f"{weights}: no 'generator' entry (keys: {sorted(state)})")
         gen.load_state_dict(state["generator"])
         gen.eval()
-        gen.remove_weight_norm()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice; stdout is for results
+            gen.remove_weight_norm()
         self.generator = gen.requires_grad_(False)
         self.variant = variant
 

@@ -24,30 +24,6 @@ def _tiny_engine(seed: int):
     return Engine(FunAudioChatForConditionalGeneration(cfg), FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg))
 
 
-def _attach_detokenizer(engine, backend: str, path: str | None) -> None:
-    """Give the engine a detokenizer when one fits the model's speech vocabulary."""
-    if backend == "none":
-        return
-    from funaudiochat.audio.detokenizer import load_detokenizer
-
-    try:
-        detok = load_detokenizer("cosyvoice" if backend == "cosyvoice" else "flow", path)
-    except (ImportError, OSError, ValueError) as err:
-        if backend == "auto":
-            logger.warning("no detokenizer (%s); replies carry speech tokens but no audio", err)
-            return
-        raise ValueError(f"could not load the {backend} detokenizer: {err}") from err
-    vocab = engine.model.config.audio_config.bos_token_id  # real speech ids are [0, bos)
-    size = getattr(detok, "codebook_size", None)
-    if size is not None and size != vocab:
-        message = f"the {backend} detokenizer reads {size} speech tokens but the model makes {vocab}"
-        if backend == "auto":
-            logger.warning("%s; serving without audio output", message)
-            return
-        raise ValueError(message)
-    engine.detokenizer = detok
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from funaudiochat.serving.server import serve
     from funaudiochat.serving.settings import ServerSettings
@@ -65,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_http_concurrency=args.max_http_concurrency,
         vad_backend=args.vad,
     )  # validates first: no model is loaded for a server that may not start
+    from funaudiochat.chat import attach_detokenizer
+
     if args.model:
         from funaudiochat.chat import load_engine
 
@@ -73,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = _tiny_engine(args.seed)
     else:
         raise ValueError("give --model DIR (a checkpoint) or --tiny (a random test model)")
-    _attach_detokenizer(engine, args.detokenizer, args.detokenizer_path)
+    attach_detokenizer(engine, args.detokenizer, args.detokenizer_path)
     asr = None
     if args.asr:
         from funaudiochat.speech.asr import LocalASR

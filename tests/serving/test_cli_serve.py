@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from funaudiochat.serving.cli import _attach_detokenizer, add_serve_parser
+from funaudiochat.chat import attach_detokenizer
+from funaudiochat.serving.cli import add_serve_parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def test_a_detokenizer_with_another_codebook_is_not_attached(engine, monkeypatch
 
     monkeypatch.setattr("funaudiochat.audio.detokenizer.load_detokenizer", lambda *a, **k: OtherCodebook())
     monkeypatch.setattr(engine, "detokenizer", None)
-    _attach_detokenizer(engine, "auto", None)  # auto: serve without audio
+    attach_detokenizer(engine, "auto", None)  # auto: serve without audio
     assert engine.detokenizer is None
     with pytest.raises(ValueError, match="reads 1024 speech tokens but the model makes 6561"):
-        _attach_detokenizer(engine, "flow", None)  # asked for explicitly: an error
+        attach_detokenizer(engine, "flow", None)  # asked for explicitly: an error
