@@ -67,3 +67,28 @@ def test_delegated_subcommand_gets_its_own_help(capsys):
         main(["synth-data", "--help"])
     assert exit_.value.code == 0
     assert "--wer-threshold" in capsys.readouterr().out
+
+
+def test_chat_writes_the_spoken_answer_as_wav(tmp_path, capsys):
+    """A tiny model whose speech vocabulary matches the shipped 1024-token codec speaks a wav."""
+    from funaudiochat.config import FunAudioChatAudioEncoderConfig, FunAudioChatConfig
+
+    base = tiny_config()
+    audio = FunAudioChatAudioEncoderConfig(**{
+        **base.audio_config.to_diff_dict(), "codebook_size": 1028, "bos_token_id": 1024, "eos_token_id": 1025,
+        "pad_token_id": 1026,
+    })
+    cfg = FunAudioChatConfig(audio_config=audio, text_config=base.text_config, audio_token_index=base.audio_token_index)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    FunAudioChatForConditionalGeneration(cfg).save_pretrained(model_dir)
+    word_tokenizer(vocab_size=512).save_pretrained(model_dir)
+    wav = tmp_path / "answer.wav"
+    code = main(["chat", "--model", str(model_dir), "--text", "hello", "--max-seconds", "1.2", "--voice", "joe",
+                 "--speech-temperature", "0", "--out", str(wav)])
+    assert code == 0
+    data, sr = sf.read(wav)
+    assert sr == 22050 and data.ndim == 1
+    # 6 steps: 2 delay groups, then 4 groups of 5 tokens = 0.8 s of speech
+    assert abs(len(data) / sr - 0.8) < 0.05
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
