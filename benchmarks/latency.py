@@ -4,7 +4,7 @@ Measures, for a spoken question: time to the first text token and to the first s
 the end of user speech (prefill included), the real-time factor of the reply (compute time / speech
 duration), backbone steps per second, and peak memory.  Without ``--model`` it times a randomly
 initialised model of the embedded default's shape (SmolLM2-135M backbone, Whisper-base-sized encoder,
-small SRH), which costs the same per step as the trained one.
+small SRH, the shipped 1024-token codec with its HiFi-GAN), which costs the same per step as the trained one.
 
     python benchmarks/latency.py --runs 3 --reply-seconds 10 --out benchmarks/results/latency_cpu.json
 """
@@ -41,8 +41,10 @@ def random_default_shaped(device: str):
     )
     srh = dict(model_type="qwen3", hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2, head_dim=64, max_position_embeddings=16384, vocab_size=16)
-    audio = FunAudioChatAudioEncoderConfig(num_mel_bins=80, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-                                           d_model=512, output_dim=576, crq_transformer_config=srh)
+    # Whisper-tiny.en-sized encoder, and the shipped codec's 1024-token speech vocabulary.
+    audio = FunAudioChatAudioEncoderConfig(num_mel_bins=80, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+                                           d_model=384, output_dim=576, crq_transformer_config=srh, codebook_size=1028,
+                                           bos_token_id=1024, eos_token_id=1025, pad_token_id=1026)
     cfg = FunAudioChatConfig(audio_config=audio, text_config=text, audio_token_index=vocab - 5)
     torch.manual_seed(0)
     model = FunAudioChatForConditionalGeneration(cfg).to(device)
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3, help="timed turns (after one warm-up)")
     p.add_argument("--question-seconds", type=float, default=4.0)
     p.add_argument("--reply-seconds", type=float, default=10.0, help="reply length (generation is cut there)")
+    p.add_argument("--detokenizer", default="auto", choices=["auto", "flow", "none"],
+                   help="speech tokens -> audio (auto: the shipped flow model when it fits the model)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -77,6 +81,9 @@ def main(argv=None) -> int:
     else:
         engine = random_default_shaped(args.device)
         engine.model.to(getattr(torch, args.dtype))
+    from funaudiochat.chat import attach_detokenizer
+
+    attach_detokenizer(engine, args.detokenizer, None)
     question = (np.random.default_rng(0).standard_normal(int(16000 * args.question_seconds)) * 0.1).astype(np.float32)
     options = TurnOptions(mode="s2s", max_seconds=args.reply_seconds, speech_sampling=SamplingConfig(temperature=0.8, top_p=0.9))
     rows = []
@@ -91,6 +98,7 @@ def main(argv=None) -> int:
         rows.append({
             "first_text_ms": 1000 * end.timings.get("first_text_s", float("nan")),
             "first_speech_ms": 1000 * end.timings.get("first_speech_s", float("nan")),
+            "first_audio_ms": 1000 * end.timings.get("first_audio_s", float("nan")),
             "prefill_ms": 1000 * end.timings["prefill_s"],
             "steps": end.steps,
             "steps_per_s": end.steps / total,
