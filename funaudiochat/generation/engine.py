@@ -110,9 +110,13 @@ class Turn:
         cfg = self.model.config
         self.cfg = cfg
         self.t0 = time.perf_counter()
+        held: list[Conversation] = []
         for conv in conversations:
             if not conv.lock.acquire(blocking=False):
+                for other in held:
+                    other.lock.release()
                 raise RuntimeError(f"conversation {conv.id} already has a reply in progress")
+            held.append(conv)
         self.rows = [_Row(conv, speak=options.mode == "s2s") for conv in conversations]
         self._closed = False
         try:
@@ -135,7 +139,6 @@ class Turn:
         if pad_text is not None and pad_text != tok.unk_token_id:
             self.audio_specials.append(pad_text)
         dev = self.model.device
-        vocab = self.model.get_output_embeddings().weight.shape[0]
         # while speaking, the text stream may not end the turn or open audio
         self.ban_speaking = torch.tensor(
             sorted({self.im_end, cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
@@ -144,7 +147,6 @@ class Turn:
         self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
         self.ban_speech = torch.tensor([a.bos_token_id, a.pad_token_id], device=dev)
         self.hidden_specials = set(self.audio_specials) | {self.im_end}
-        self.vocab = vocab
 
     def _encode_new(self, row: _Row, new: Sequence[Message]):
         conv = row.conv
