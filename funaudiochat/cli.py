@@ -113,10 +113,11 @@ def _commands() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
     from funaudiochat.evaluation.cli import add_eval_parser
     from funaudiochat.serving.cli import add_serve_parser
     from funaudiochat.training.cli import add_merge_parser, add_train_parser
+    from funaudiochat.training.speech_tokens import add_tokenize_parser
 
     return (
         add_demo_parser, add_chat_parser, add_serve_parser, add_train_parser, add_merge_parser, add_eval_parser,
-        _add_delegated, _add_inspect,
+        add_tokenize_parser, _add_delegated, _add_inspect,
     )
 
 
