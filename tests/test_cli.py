@@ -92,3 +92,14 @@ def test_chat_writes_the_spoken_answer_as_wav(tmp_path, capsys):
     # 6 steps: 2 delay groups, then 4 groups of 5 tokens = 0.8 s of speech
     assert abs(len(data) / sr - 0.8) < 0.05
     assert np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_interactive_mode_takes_several_turns(model_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    wav = tmp_path / "q.wav"
+    sf.write(wav, (np.random.default_rng(1).standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"hello\n/audio {wav}\n/audio missing.wav\n\n"))
+    assert main(["chat", "--model", str(model_dir), "--interactive", "--max-seconds", "0.6", "--text-only"]) == 0
+    replies = capsys.readouterr().out.splitlines()
+    assert len(replies) == 2  # the missing file is reported on stderr and the chat goes on
