@@ -110,6 +110,7 @@ def _run_delegated(name: str, argv: Sequence[str]) -> int:
 
 def _commands() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
     from funaudiochat.chat import add_chat_parser, add_demo_parser
+    from funaudiochat.default_model.cli import add_build_parser
     from funaudiochat.evaluation.cli import add_eval_parser
     from funaudiochat.serving.cli import add_serve_parser
     from funaudiochat.training.cli import add_merge_parser, add_train_parser
@@ -117,7 +118,7 @@ def _commands() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
 
     return (
         add_demo_parser, add_chat_parser, add_serve_parser, add_train_parser, add_merge_parser, add_eval_parser,
-        add_tokenize_parser, _add_delegated, _add_inspect,
+        add_tokenize_parser, add_build_parser, _add_delegated, _add_inspect,
     )
 
 

@@ -1,0 +1,247 @@
+"""``funaudiochat build-default``: the reproducible build of ``funaudiochat-tiny``.
+
+Stages, each cached in the work dir so a rerun continues where it stopped::
+
+    questions -> answers -> speech data -> init model -> pre-alignment -> Core-Cocktail stage 1 (LoRA)
+    -> merge (alpha 0.5, backbone only) -> stage 2 (LoRA) -> DPO (LoRA) -> package
+
+The LoRA stages keep the backbone change low-rank, so the package ships it as small factors
+(see :mod:`funaudiochat.default_model.package`).  ``smoke=True`` uses a handful of questions and
+steps so the whole pipeline runs in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from funaudiochat.default_model import package as pkg
+from funaudiochat.default_model.questions import read_questions, training_questions, write_questions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
+STAGES = ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo")
+
+
+@dataclass
+class StageSpec:
+    max_steps: int
+    lr_max: float
+    lr_min: float
+    batch_size: int = 8
+    grad_accum: int = 1
+    #: LoRA rank on the backbone (None: backbone frozen).
+    lora_r: int | None = None
+    freeze: list[str] = field(default_factory=list)
+    warmup_ratio: float = 0.02
+
+
+@dataclass
+class BuildConfig:
+    n_questions: int | None = None
+    answer_batch: int = 8
+    answer_max_new_tokens: int = 40
+    merge_alpha: float = 0.5
+    seed: int = 0
+    stages: dict[str, StageSpec] = field(default_factory=lambda: {
+        "pre_alignment": StageSpec(600, 1e-4, 1e-5, freeze=["language_model."]),
+        "core_cocktail_stage1": StageSpec(600, 1e-4, 1e-5, lora_r=8),
+        "core_cocktail_stage2": StageSpec(300, 1e-5, 1e-6, lora_r=8),
+        "dpo": StageSpec(200, 5e-6, 5e-7, batch_size=4, lora_r=8, warmup_ratio=0.1),
+    })
+
+    @classmethod
+    def smoke(cls) -> BuildConfig:
+        """A handful of items and steps: checks every stage end to end, trains nothing useful."""
+        cfg = cls(n_questions=4, answer_max_new_tokens=16)
+        for spec in cfg.stages.values():
+            spec.max_steps, spec.batch_size = 2, 1
+        cfg.stages["pre_alignment"].max_steps = 3
+        return cfg
+
+    @property
+    def total_lora_rank(self) -> int:
+        return sum(s.lora_r or 0 for s in self.stages.values())
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    work_dir: Path
+    timings: dict[str, float]
+    #: The model rebuilt from the shipped tensors (what the package loads to), kept for checks.
+    model: Any = None
+    tokenizer: Any = None
+    max_logit_diff_vs_trained: float | None = None
+
+
+class _Timer:
+    """Wall time per stage, persisted so resumed builds keep earlier stages' numbers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        dt = time.perf_counter() - t0
+        if name not in self.times:  # a stage skipped on resume keeps the time of the run that did it
+            self.times[name] = round(dt, 2)
+        self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+        logger.info("stage %s: %.1f s", name, dt)
+        return out
+
+
+def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed: int, dpo: bool) -> dict:
+    train: dict[str, Any] = {"max_steps": spec.max_steps, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum,
+                             "freeze": spec.freeze, "mixed_precision": "no", "max_grad_norm": 1.0, "seed": seed}
+    if spec.lora_r:
+        train["lora"] = {"r": spec.lora_r, "alpha": 2.0 * spec.lora_r, "merge_at_end": True}
+    recipe = {
+        "name": name, "stage": "dpo" if dpo else "sft", "model": model,
+        "data": {"train": [str(data)], "num_workers": 0, **({"allowed_tasks": ["robustness"]} if dpo else {})},
+        "train": train,
+        "optim": {"lr_max": spec.lr_max, "lr_min": spec.lr_min, "warmup_ratio": spec.warmup_ratio},
+        "output": {"dir": str(out), "save_every": max(spec.max_steps // 4, 50), "keep_last": 1,
+                   "log_every": 1, "plots": False},
+    }
+    if dpo:
+        recipe["dpo"] = {"beta": 0.1, "loss_type": "sigmoid", "text_weight": 1.0, "speech_weight": 1.0}
+    return recipe
+
+
+def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path) -> dict[str, Path]:
+    """One YAML recipe per stage under ``work/recipes`` (checked by the recipe schema on load)."""
+    import yaml
+
+    runs, rdir = work / "runs", work / "recipes"
+    rdir.mkdir(parents=True, exist_ok=True)
+    starts = {
+        "pre_alignment": work / "init",
+        "core_cocktail_stage1": runs / "pre_alignment" / "final",
+        "core_cocktail_stage2": runs / "merged",
+        "dpo": runs / "core_cocktail_stage2" / "final",
+    }
+    out = {}
+    for i, name in enumerate(STAGES):
+        r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"},
+                    dpo if name == "dpo" else sft, runs / name, cfg.seed + i, name == "dpo")
+        out[name] = rdir / f"{name}.yaml"
+        out[name].write_text(yaml.safe_dump(r, sort_keys=False))
+    return out
+
+
+def _answers_stage(work: Path, questions, cfg: BuildConfig) -> dict[str, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from funaudiochat.default_model.answers import generate_answers, read_answer_cache
+    from funaudiochat.pretrained import smollm2_backbone_dir
+
+    cache = work / "answers.jsonl"
+    done = read_answer_cache(cache)
+    if all(q.id in done for q in questions):
+        return {q.id: done[q.id] for q in questions}
+    bdir = smollm2_backbone_dir()
+    lm = AutoModelForCausalLM.from_pretrained(bdir, dtype=torch.float32)
+    return generate_answers(lm, AutoTokenizer.from_pretrained(bdir), questions, cache,
+                            cfg.answer_batch, cfg.answer_max_new_tokens)
+
+
+def _init_stage(work: Path, seed: int) -> Path:
+    from funaudiochat.default_model.parts import assemble_default
+    from funaudiochat.training.fsutil import atomic_directory
+
+    init = work / "init"
+    if (init / "config.json").is_file():
+        return init
+    model, tok, vocab = assemble_default(seed=seed)
+    with atomic_directory(init, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "original_vocab.json").write_text(json.dumps({"original_vocab": vocab}))
+    return init
+
+
+def _train_stage(recipe_path: Path) -> None:
+    from funaudiochat.training.recipes import load_recipe
+    from funaudiochat.training.trainer import train
+
+    train(load_recipe(recipe_path), resume=True)
+
+
+def _merge_stage(work: Path, alpha: float) -> None:
+    from funaudiochat.training.merge import merge_checkpoints
+
+    out = work / "runs" / "merged"
+    if (out / "config.json").is_file():
+        return
+    merge_checkpoints(work / "runs" / "pre_alignment" / "final", work / "runs" / "core_cocktail_stage1" / "final",
+                      out, alpha=alpha, prefixes=("language_model.",), overwrite=True)
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model.language_model(input_ids=ids).logits
+
+
+def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -> BuildResult:
+    from transformers import AutoTokenizer
+
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+
+    init = work / "init"
+    vocab = json.loads((init / "original_vocab.json").read_text())["original_vocab"]
+    base = FunAudioChatForConditionalGeneration.from_pretrained(init, dtype=torch.float32).eval()
+    base_lm = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(pkg.LM_PREFIX)}
+    trained = FunAudioChatForConditionalGeneration.from_pretrained(
+        work / "runs" / "dpo" / "final", dtype=torch.float32).eval()
+    files = pkg.extract_package(trained, base_lm, vocab, cfg.total_lora_rank)
+    shipped = pkg.apply_package(base, files, vocab).eval()  # the model the package describes
+    tok = AutoTokenizer.from_pretrained(init)
+    diff = float((_logits(shipped, tok) - _logits(trained, tok)).abs().max())
+    logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
+    info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
+            "questions_file": "questions.jsonl (work dir)"}
+    pkg.save_package(files, out_dir, vocab, info)
+    total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
+    if total > 60e6:
+        logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)
+    return BuildResult(out_dir, work, timings, shipped, tok, diff)
+
+
+def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
+              benchdata: str | Path | None = DEFAULT_BENCHDATA, config: BuildConfig | None = None) -> BuildResult:
+    """Run (or resume) every stage and write the package to ``out_dir``."""
+    from funaudiochat.default_model.speech_data import build_speech_data
+
+    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig())
+    work, out = Path(work_dir), Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    timer = _Timer(work / "timings.json")
+    qpath = work / "questions.jsonl"
+    if qpath.is_file():
+        questions = read_questions(qpath)
+    else:
+        questions = timer.run("questions", training_questions, benchdata, cfg.n_questions)
+        write_questions(qpath, questions)
+    logger.info("%d training questions (ids in %s)", len(questions), qpath)
+    answers = timer.run("answers", _answers_stage, work, questions, cfg)
+    data = timer.run("speech_data", build_speech_data, questions, answers, work)
+    timer.run("init_model", _init_stage, work, cfg.seed)
+    recipes = write_recipes(work, cfg, data.sft, data.dpo)
+    for name in STAGES[:2]:
+        timer.run(name, _train_stage, recipes[name])
+    timer.run("merge", _merge_stage, work, cfg.merge_alpha)
+    for name in STAGES[2:]:
+        timer.run(name, _train_stage, recipes[name])
+    return timer.run("package", _package_stage, work, out, cfg, timer.times)

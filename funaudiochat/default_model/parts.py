@@ -1,0 +1,86 @@
+"""The untrained skeleton of ``funaudiochat-tiny``, built from pip parts only.
+
+Same steps as :func:`funaudiochat.modeling.build.assemble_from_parts`, which cannot set the speech
+codebook: ours is the 1024-token :class:`KMeansSpeechTokenizer`, plus 4 control ids
+(BOS/delay 1024, EOS 1025, pad 1026).  The build and the loader both start here, so the shipped
+weights always land on the same structure.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SPEECH_CODEBOOK = 1024
+ENCODER_NAME = "tiny.en"
+#: Whisper tiny.en encoder shape (checked against the pip weights whenever they are loaded).
+ENCODER_SHAPE = dict(num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6,
+                     encoder_ffn_dim=1536, max_source_positions=1500)
+#: A small Qwen3 body for the Speech Refined Head (the released SRH is Qwen3-0.6B).
+SRH_CONFIG: dict[str, Any] = {
+    "model_type": "qwen3", "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0, "max_position_embeddings": 8192, "vocab_size": 16, "tie_word_embeddings": False,
+}
+GROUP_SIZE = 5
+
+
+def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bool = True, seed: int = 0):
+    """(model, tokenizer, original_vocab) around SmolLM2-135M-Instruct and a Whisper tiny.en encoder.
+
+    ``encoder_weights=False`` builds the encoder with the right shape but random weights (the loader
+    overwrites them from the shipped file).  ``seed`` fixes the fresh modules and new embedding rows.
+    """
+    from funaudiochat.pretrained import smollm2_backbone_dir
+
+    backbone_dir = Path(backbone_dir) if backbone_dir is not None else smollm2_backbone_dir()
+    # Seeded without disturbing the caller's random state (the loader is called from user code).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _assemble(backbone_dir, encoder_weights)
+
+
+def _assemble(backbone_dir: Path, encoder_weights: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from funaudiochat.config import FunAudioChatAudioEncoderConfig, FunAudioChatConfig
+    from funaudiochat.modeling.build import ENCODER_NEW_PARAMS, ensure_special_tokens
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.pretrained import whisper_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    lm = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32)
+    original_vocab = lm.get_input_embeddings().weight.shape[0]
+    ids = ensure_special_tokens(tokenizer)
+    if len(tokenizer) > original_vocab:
+        lm.resize_token_embeddings(len(tokenizer))
+    text_config = lm.config
+    attn = text_config._attn_implementation or "sdpa"
+    text_config.audio_bos_index = ids["<|audio_bos|>"]
+    text_config.audio_eos_index = ids["<|audio_eos|>"]
+    text_config.sil_index = ids["<|sil|>"]
+    spec = whisper_encoder(ENCODER_NAME) if encoder_weights else None
+    if spec is not None:
+        got = {k: getattr(spec, k) for k in ENCODER_SHAPE}
+        if got != ENCODER_SHAPE:
+            raise ValueError(f"Whisper {ENCODER_NAME} weights have shape {got}, expected {ENCODER_SHAPE}")
+    audio_config = FunAudioChatAudioEncoderConfig(
+        **ENCODER_SHAPE, output_dim=text_config.hidden_size, group_size=GROUP_SIZE, grouping_mode="mean",
+        crq_transformer_config=dict(SRH_CONFIG), codebook_size=SPEECH_CODEBOOK + 4,
+        bos_token_id=SPEECH_CODEBOOK, eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2,
+    )
+    config = FunAudioChatConfig(audio_config=audio_config, text_config=text_config,
+                                audio_token_index=ids["<|AUDIO|>"])
+    model = FunAudioChatForConditionalGeneration(config, language_model=lm)
+    model.set_attn_implementation(attn)
+    if spec is not None:
+        res = model.continuous_audio_tower.load_state_dict(spec.state_dict, strict=False)
+        missing = sorted(set(res.missing_keys) - set(ENCODER_NEW_PARAMS))
+        if missing or res.unexpected_keys:
+            raise ValueError(f"encoder weights do not fit: missing {missing}, unexpected {res.unexpected_keys}")
+    return model.float().eval(), tokenizer, original_vocab

