@@ -1,8 +1,7 @@
 """The untrained skeleton of ``funaudiochat-tiny``, built from pip parts only.
 
-Same steps as :func:`funaudiochat.modeling.build.assemble_from_parts`, which cannot set the speech
-codebook: ours is the 1024-token :class:`KMeansSpeechTokenizer`, plus 4 control ids
-(BOS/delay 1024, EOS 1025, pad 1026).  The build and the loader both start here, so the shipped
+:func:`funaudiochat.modeling.build.assemble_from_parts` with the speech codebook of the
+1024-token :class:`KMeansSpeechTokenizer`, plus 4 control ids (BOS/delay 1024, EOS 1025, pad 1026).  The build and the loader both start here, so the shipped
 weights always land on the same structure.
 """
 
@@ -48,39 +47,22 @@ def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bo
 def _assemble(backbone_dir: Path, encoder_weights: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from funaudiochat.config import FunAudioChatAudioEncoderConfig, FunAudioChatConfig
-    from funaudiochat.modeling.build import ENCODER_NEW_PARAMS, ensure_special_tokens
-    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.modeling.build import EncoderSpec, assemble_from_parts
     from funaudiochat.pretrained import whisper_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
     lm = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32)
     original_vocab = lm.get_input_embeddings().weight.shape[0]
-    ids = ensure_special_tokens(tokenizer)
-    if len(tokenizer) > original_vocab:
-        lm.resize_token_embeddings(len(tokenizer))
-    text_config = lm.config
-    attn = text_config._attn_implementation or "sdpa"
-    text_config.audio_bos_index = ids["<|audio_bos|>"]
-    text_config.audio_eos_index = ids["<|audio_eos|>"]
-    text_config.sil_index = ids["<|sil|>"]
-    spec = whisper_encoder(ENCODER_NAME) if encoder_weights else None
-    if spec is not None:
+    if encoder_weights:
+        spec = whisper_encoder(ENCODER_NAME)
         got = {k: getattr(spec, k) for k in ENCODER_SHAPE}
         if got != ENCODER_SHAPE:
             raise ValueError(f"Whisper {ENCODER_NAME} weights have shape {got}, expected {ENCODER_SHAPE}")
-    audio_config = FunAudioChatAudioEncoderConfig(
-        **ENCODER_SHAPE, output_dim=text_config.hidden_size, group_size=GROUP_SIZE, grouping_mode="mean",
-        crq_transformer_config=dict(SRH_CONFIG), codebook_size=SPEECH_CODEBOOK + 4,
-        bos_token_id=SPEECH_CODEBOOK, eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2,
+    else:
+        spec = EncoderSpec(**ENCODER_SHAPE)
+    model, tokenizer = assemble_from_parts(
+        lm, tokenizer=tokenizer, encoder=spec, srh_config=dict(SRH_CONFIG), group_size=GROUP_SIZE,
+        audio_overrides=dict(codebook_size=SPEECH_CODEBOOK + 4, bos_token_id=SPEECH_CODEBOOK,
+                             eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2),
     )
-    config = FunAudioChatConfig(audio_config=audio_config, text_config=text_config,
-                                audio_token_index=ids["<|AUDIO|>"])
-    model = FunAudioChatForConditionalGeneration(config, language_model=lm)
-    model.set_attn_implementation(attn)
-    if spec is not None:
-        res = model.continuous_audio_tower.load_state_dict(spec.state_dict, strict=False)
-        missing = sorted(set(res.missing_keys) - set(ENCODER_NEW_PARAMS))
-        if missing or res.unexpected_keys:
-            raise ValueError(f"encoder weights do not fit: missing {missing}, unexpected {res.unexpected_keys}")
     return model.float().eval(), tokenizer, original_vocab

@@ -58,13 +58,15 @@ def assemble_from_parts(
     group_size: int = 5,
     grouping_mode: str = "mean",
     backbone_kwargs: dict | None = None,
+    audio_overrides: dict | None = None,
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
 
     ``backbone`` is a directory (loaded with ``AutoModelForCausalLM.from_pretrained``) or a loaded
     model; ``tokenizer`` defaults to the directory's.  Returns the model and the tokenizer, which
-    now knows the audio tokens.
+    now knows the audio tokens.  ``audio_overrides`` sets other audio-config fields, e.g. a speech
+    codebook that matches the speech tokenizer in use.
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     if not isinstance(backbone, PreTrainedModel):
@@ -98,6 +100,7 @@ def assemble_from_parts(
         group_size=group_size,
         grouping_mode=grouping_mode,
         crq_transformer_config=srh_config,
+        **(audio_overrides or {}),
     )
     config = FunAudioChatConfig(
         audio_config=audio_config,
