@@ -10,24 +10,10 @@ from funaudiochat.audio.detokenizer import FlowMatchingDetokenizer, frames_for_t
 from funaudiochat.audio.streaming import FlowDetokenizerStream, raised_cosine
 from funaudiochat.audio.vocoder import Vocoder, hifigan_package_dir
 
-from .test_detokenizer import LocalVocoder
+from .test_detokenizer import _one_thread, detok  # noqa: F401  (shared fixtures: one thread, stand-in vocoder)
 
 TOLERANCE = 1e-4
 """Streamed vs offline max |sample difference| (float rounding only; the window covers every dependency)."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202
-    """2-thread OpenMP on a busy 2-core machine spins; these small convolutions are faster on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def detok() -> FlowMatchingDetokenizer:
-    return FlowMatchingDetokenizer.from_pretrained(vocoder=LocalVocoder())
 
 
 def _tokens(n: int, seed: int = 1) -> np.ndarray:
