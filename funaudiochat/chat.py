@@ -202,29 +202,56 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_chat)
 
 
+DEMO_QUESTION = "What is the capital of France?"
+DEMO_ANSWER = "Paris is the capital of France."
+
+
+def _demo_speech():
+    """Spoken question, answer speech tokens and a detokenizer, from the offline TTS and the shipped
+    codec when they are installed; otherwise noise, made-up tokens and no detokenizer."""
+    import numpy as np
+
+    try:
+        from funaudiochat.audio.detokenizer import load_detokenizer
+        from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+        from funaudiochat.speech.tts import create_engine
+
+        tts = create_engine("piper")
+        question, _ = tts.synthesize(DEMO_QUESTION)
+        answer, _ = tts.synthesize(DEMO_ANSWER)
+        tokens = KMeansSpeechTokenizer.from_pretrained().encode(answer)
+        return question, tokens, load_detokenizer("flow"), 1024
+    except (ImportError, OSError, ValueError, RuntimeError) as err:
+        logger.warning("offline TTS or the shipped codec is unavailable (%s): using noise and made-up tokens", err)
+        return (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), list(range(100, 130)), None, 6561
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a tiny model on one spoken exchange for a few seconds, then talk to it."""
-    import numpy as np
     import torch
 
-    from funaudiochat.config import tiny_config
+    from funaudiochat.config import FunAudioChatAudioEncoderConfig, FunAudioChatConfig, tiny_config
     from funaudiochat.generation import Engine, SamplingConfig, TurnOptions
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
     from funaudiochat.processing import FunAudioChatProcessor, Message
     from funaudiochat.prompts import system_prompt
     from funaudiochat.testing import word_tokenizer
 
+    question, answer_tokens, detokenizer, codebook = _demo_speech()
+    base = tiny_config()
+    audio = FunAudioChatAudioEncoderConfig(**{
+        **base.audio_config.to_diff_dict(), "codebook_size": codebook + 4, "bos_token_id": codebook,
+        "eos_token_id": codebook + 1, "pad_token_id": codebook + 2,
+    })
+    cfg = FunAudioChatConfig(audio_config=audio, text_config=base.text_config, audio_token_index=base.audio_token_index)
     torch.manual_seed(0)
-    cfg = tiny_config()
     proc = FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg)
     model = FunAudioChatForConditionalGeneration(cfg)
-    question = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
-    answer_tokens = list(range(100, 130))
     prompt = system_prompt("s2s")
     example = [
         Message("system", prompt),
         Message("user", audio=question),
-        Message("assistant", "paris is the capital of france", speech_tokens=answer_tokens),
+        Message("assistant", DEMO_ANSWER, speech_tokens=answer_tokens),
     ]
     batch = proc.collate([proc.encode(example)])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -235,14 +262,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.loss.backward()
         opt.step()
     logger.warning(
-        "trained a %.1f M-parameter model for %d steps in %.1f s (text loss %.3f, speech loss %.3f)",
+        "trained a %.1f M-parameter model for %d steps in %.1f s on one spoken exchange (text loss %.3f, speech loss %.3f)",
         sum(p.numel() for p in model.parameters()) / 1e6, args.steps, time.perf_counter() - t,
         out.text_loss.item(), out.speech_loss.item(),
     )
-    engine = Engine(model, proc)
+    engine = Engine(model, proc, detokenizer=detokenizer)
     conv = engine.conversation(system_prompt=prompt, seed=0)
-    end = run_turn(engine, conv, Message("user", audio=question), TurnOptions(mode="s2s", max_seconds=5, speech_sampling=SamplingConfig()))
-    logger.warning("speech tokens: %s (trained on %s)", end.speech_tokens, "the same" if end.speech_tokens == answer_tokens else "different ones")
+    options = TurnOptions(mode="s2s", max_seconds=8, speech_sampling=SamplingConfig(), voice="joe")
+    end = run_turn(engine, conv, Message("user", audio=question), options)
+    same = end.speech_tokens == list(answer_tokens)
+    logger.warning("%d speech tokens, %s the trained answer's", len(end.speech_tokens), "the same as" if same else "different from")
+    if args.out:
+        if detokenizer is None:
+            raise SystemExit("error: --out needs the shipped speech codec (pip install -e '.[all]')")
+        import numpy as np
+
+        from funaudiochat.audio.io import save_wav
+
+        wave = np.concatenate([c.audio for c in end.audio]) if end.audio else np.zeros(0, dtype=np.float32)
+        save_wav(args.out, wave, detokenizer.sample_rate)
+        logger.warning("wrote the spoken answer (%.1f s) to %s", len(wave) / detokenizer.sample_rate, args.out)
     return 0
 
 
@@ -250,10 +289,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="a self-contained end-to-end run: train a tiny model on one spoken exchange, then ask it",
-        description="Builds a tiny Fun-Audio-Chat model, trains it for a few seconds on one spoken "
-        "question and its spoken answer, then streams the model's text answer to stdout and logs its "
-        "speech tokens. Shows the whole pipeline (audio features, grouping, SRH, joint decoding) with "
-        "nothing to download.",
+        description="Speaks a question with the offline TTS, builds a tiny Fun-Audio-Chat model, trains it "
+        "for a few seconds on that question and its spoken answer (tokenized by the shipped speech codec), "
+        "then asks it: the answer text streams to stdout and, with --out, its speech is written as a wav "
+        "by the shipped detokenizer. Shows the whole pipeline (features, encoder, grouping, SRH, joint "
+        "decoding, streaming synthesis) with nothing to download.",
     )
-    p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--out", help="write the spoken answer here as a wav")
     p.set_defaults(func=cmd_demo)

@@ -109,6 +109,9 @@ class FunAudioChatProcessor:
         if bad:
             raise ValueError(f"speech tokens must be in [0, {a.bos_token_id}); got {bad[:5]}")
         ids = [a.bos_token_id] * self.config.speech_delay + [int(t) for t in speech_tokens]
+        # The last group is completed with speech EOS, so the model learns to end mid-group; a pad there
+        # would be no target at all, and generation could not stop cleanly after an odd length.
+        ids += [a.eos_token_id] * (-len(ids) % a.group_size)
         return AudioSlot(speech_ids=ids, text_ids=self.text(text) if text else [])
 
     # ----------------------------------------------------------------- conversations

@@ -30,7 +30,8 @@ def test_spoken_turn_layout_and_labels():
     assert ex.labels == [-100] * (len(user) + 1 + len(t("assistant\n"))) + reply + [-100]
     assert ex.audio[0].speech_ids == [CFG.audio_config.pad_token_id] * 25
     assert ex.audio[0].features.shape == (80, 100)
-    assert ex.audio[1].speech_ids == [6561] * 10 + list(range(12))
+    # 10 delay tokens + 12 speech tokens, the last group completed with speech EOS
+    assert ex.audio[1].speech_ids == [6561] * 10 + list(range(12)) + [6562] * 3
     assert ex.audio[1].text_ids == t("paris")
 
 

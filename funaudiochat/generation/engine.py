@@ -313,10 +313,13 @@ class Turn:
             if row.finished:
                 continue
             group = groups[i]
-            if row.speaking and group is not None and a.eos_token_id in group:
+            if row.speaking and group is not None and group[0] == a.eos_token_id:
+                # a whole EOS group: speech is over, the text stream closes the audio span
                 text[i] = self.cfg.audio_eos_id
                 row.speaking = False
                 group = None
+            # An EOS inside a group ends the speech after its real tokens; the group (EOS-padded, as in
+            # training) is still fed back, and the next step produces the EOS group.
             over = row.steps > self.options.max_steps and text[i] != self.cfg.audio_eos_id
             if text[i] == self.im_end or (not row.speaking and over):
                 row.finished = True
@@ -411,8 +414,6 @@ class Turn:
                 row.conv.srh_positions += 1
                 row.groups += 1
                 row.prev_speech = prev[i]
-                if ended[i]:
-                    groups[i] = [a.eos_token_id] * k
         return groups
 
     # ------------------------------------------------------------------ closing
