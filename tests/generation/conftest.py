@@ -8,7 +8,7 @@ from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 from funaudiochat.processing import FunAudioChatProcessor, Message
 from funaudiochat.testing import word_tokenizer
 
-SPEECH = list(range(100, 130))
+SPEECH = list(range(100, 132))  # 10 delay + 32 = 42: the last group ends with 3 speech EOS
 SYSTEM = "hello"
 
 

@@ -34,7 +34,8 @@ def test_speech_reply_reproduces_what_was_trained(trained_engine):
     # streamed pieces add up to the final result; speech starts after the 2-step delay
     assert "".join(e.text for e in events if isinstance(e, TextDelta)).strip() == end.text
     assert [t for e in events if isinstance(e, SpeechTokens) for t in e.tokens] == SPEECH
-    assert end.steps == 2 + 6 + 1 + 1  # delay groups, 30 tokens, EOS group, <|im_end|>
+    # 2 delay groups, 7 speech groups (the last one: 2 tokens then speech EOS), the EOS group, <|im_end|>
+    assert end.steps == 2 + 7 + 1 + 1
     assert {"prefill_s", "first_text_s", "first_speech_s", "total_s"} <= set(end.timings)
     check_invariants(conv)
     assert conv.messages[-1].role == "assistant" and conv.messages[-1].speech_tokens == SPEECH
