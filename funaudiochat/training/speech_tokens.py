@@ -132,7 +132,7 @@ def add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     from funaudiochat.audio.tokenizer import load_tokenizer
-    from funaudiochat.pretrained import cache_root
+    from funaudiochat.packages import cache_root
 
     tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_path)
     stats = tokenize_dataset(args.input, args.output, tokenizer, args.cache or cache_root() / "speech-tokens",

