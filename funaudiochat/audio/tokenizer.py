@@ -14,7 +14,6 @@ One interface, :class:`SpeechTokenizer` (``encode``, ``codebook_size``, ``frame_
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from funaudiochat.packages import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -52,15 +53,6 @@ S3_MODELS: dict[str, tuple[int, int]] = {
     "speech_tokenizer_v2_25hz": (6561, 25),
     "speech_tokenizer_v3_25hz": (6561, 25),
 }
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (artefact integrity check)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_tokenizer_dir() -> Path:

@@ -16,7 +16,6 @@ identical logits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from funaudiochat.packages import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "default_model
 
 class ManifestError(ValueError):
     """A shipped file is missing, altered, or does not fit this code."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor], original_vocab: int,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from funaudiochat.packages import sha256_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,14 +30,6 @@ class TokenizeStats:
     turns: int = 0
     computed: int = 0
     cached: int = 0
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
@@ -93,7 +87,7 @@ def tokenize_dataset(
             wav = wav if wav.is_absolute() else root / wav
             if not wav.is_file():
                 raise FileNotFoundError(f"{in_path}:{number}: assistant audio not found: {wav}")
-            entry = cache / f"{_file_hash(wav)}.json"
+            entry = cache / f"{sha256_file(wav)}.json"
             if entry.is_file():
                 tokens = json.loads(entry.read_text())
                 stats.cached += 1
