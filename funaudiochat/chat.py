@@ -72,24 +72,32 @@ def attach_detokenizer(engine, backend: str, path: str | None) -> None:
     """
     if backend == "none":
         return
-    from funaudiochat.audio.detokenizer import load_detokenizer
+    from funaudiochat.audio import detokenizer as detok_module
 
+    vocab = engine.model.config.audio_config.bos_token_id  # real speech ids are [0, bos)
+
+    def check(size: int | None) -> bool:
+        if size is None or size == vocab:
+            return True
+        message = f"the {backend} detokenizer reads {size} speech tokens but the model makes {vocab}"
+        if backend == "auto":
+            logger.warning("%s; replies carry speech tokens but no audio", message)
+            return False
+        raise ValueError(message)
+
+    if backend != "cosyvoice":  # read the flow model's manifest before loading it and its vocoder
+        manifest = Path(path or detok_module.default_detokenizer_dir()) / "detokenizer.json"
+        if manifest.is_file() and not check(json.loads(manifest.read_text())["config"]["codebook_size"]):
+            return
     try:
-        detok = load_detokenizer("cosyvoice" if backend == "cosyvoice" else "flow", path)
+        detok = detok_module.load_detokenizer("cosyvoice" if backend == "cosyvoice" else "flow", path)
     except (ImportError, OSError, ValueError) as err:
         if backend == "auto":
             logger.warning("no detokenizer (%s); replies carry speech tokens but no audio", err)
             return
         raise ValueError(f"could not load the {backend} detokenizer: {err}") from err
-    vocab = engine.model.config.audio_config.bos_token_id  # real speech ids are [0, bos)
-    size = getattr(detok, "codebook_size", None)
-    if size is not None and size != vocab:
-        message = f"the {backend} detokenizer reads {size} speech tokens but the model makes {vocab}"
-        if backend == "auto":
-            logger.warning("%s; replies carry speech tokens but no audio", message)
-            return
-        raise ValueError(message)
-    engine.detokenizer = detok
+    if check(getattr(detok, "codebook_size", None)):
+        engine.detokenizer = detok
 
 
 def run_turn(engine, conv, message, options, out: TextIO | None = None):
