@@ -45,8 +45,12 @@ def turn_options(args: argparse.Namespace):
     )
 
 
-def load_engine(model_dir: str, dtype: str = "float32"):
-    """Model, tokenizer and processor from a checkpoint directory."""
+#: ``--model`` value naming the embedded ``funaudiochat-tiny`` (pip parts + shipped weights).
+DEFAULT_MODEL = "default"
+
+
+def load_engine(model_dir: str | None = DEFAULT_MODEL, dtype: str = "float32"):
+    """Model, tokenizer and processor from a checkpoint directory, or the embedded default model."""
     import torch
     from transformers import AutoTokenizer
 
@@ -54,6 +58,14 @@ def load_engine(model_dir: str, dtype: str = "float32"):
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
     from funaudiochat.processing import FunAudioChatProcessor
 
+    if model_dir in (None, DEFAULT_MODEL):
+        from funaudiochat.default_model.package import load_default_model
+
+        t = time.perf_counter()
+        model, tokenizer = load_default_model()
+        model = model.to(getattr(torch, dtype))
+        logger.info("loaded the embedded model funaudiochat-tiny in %.1f s", time.perf_counter() - t)
+        return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise SystemExit(f"error: {model_dir} is not a model directory (no config.json)")
@@ -193,7 +205,9 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
         "--tokens-out answer.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="model directory (config.json, safetensors, tokenizer); the released 8B works")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model directory (config.json, safetensors, tokenizer; the released 8B works), or "
+                   "'default' for the embedded funaudiochat-tiny")
     p.add_argument("--audio", help="the question as a sound file (wav/flac/ogg; any rate, resampled to 16 kHz)")
     p.add_argument("--text", help="the question as text (with --audio: an instruction about the audio)")
     p.add_argument("--out", help="write the spoken answer here as a wav (needs a detokenizer)")
@@ -235,7 +249,41 @@ def _demo_speech():
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a tiny model on one spoken exchange for a few seconds, then talk to it."""
+    """Ask the embedded funaudiochat-tiny a spoken question; the answer text to stdout, speech to --out."""
+    if args.toy:
+        return _toy_demo(args)
+    from funaudiochat.generation import SamplingConfig, TurnOptions
+    from funaudiochat.processing import Message
+    from funaudiochat.prompts import system_prompt
+
+    t0 = time.perf_counter()
+    if args.audio:
+        from funaudiochat.audio.io import load_audio
+
+        question = load_audio(args.audio)
+        logger.warning("question: %s", args.audio)
+    else:
+        from funaudiochat.speech.tts import create_engine
+
+        question, _ = create_engine("piper").synthesize(args.question)
+        logger.warning("question (spoken by piper): %s", args.question)
+    engine = load_engine(args.model)
+    attach_detokenizer(engine, "auto", None)
+    if args.out and engine.detokenizer is None:
+        raise SystemExit("error: --out needs the shipped speech detokenizer (pip install -e '.[all]')")
+    logger.info("ready in %.1f s", time.perf_counter() - t0)
+    options = TurnOptions(mode="s2s", max_seconds=args.max_seconds, voice=args.voice,
+                          text_sampling=SamplingConfig(temperature=0.0), speech_sampling=SamplingConfig(temperature=0.0))
+    conv = engine.conversation(system_prompt=system_prompt("s2s"), seed=0)
+    end = run_turn(engine, conv, Message("user", audio=question), options)
+    if args.out:
+        write_outputs(end, argparse.Namespace(out=args.out, tokens_out=None), engine)
+    logger.warning("done in %.1f s", time.perf_counter() - t0)
+    return 0
+
+
+def _toy_demo(args: argparse.Namespace) -> int:
+    """Train a tiny model on one spoken exchange for a few seconds, then talk to it (no shipped weights needed)."""
     import torch
 
     from funaudiochat.config import FunAudioChatAudioEncoderConfig, FunAudioChatConfig, tiny_config
@@ -296,13 +344,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="a self-contained end-to-end run: train a tiny model on one spoken exchange, then ask it",
-        description="Speaks a question with the offline TTS, builds a tiny Fun-Audio-Chat model, trains it "
-        "for a few seconds on that question and its spoken answer (tokenized by the shipped speech codec), "
-        "then asks it: the answer text streams to stdout and, with --out, its speech is written as a wav "
-        "by the shipped detokenizer. Shows the whole pipeline (features, encoder, grouping, SRH, joint "
-        "decoding, streaming synthesis) with nothing to download.",
+        help="ask the embedded model a spoken question: text to stdout, speech to --out",
+        description="Speaks a question with the piper TTS (or reads --audio), asks the embedded funaudiochat-tiny "
+        "(SmolLM2-135M backbone, Whisper tiny.en encoder, our speech codec and the HiFi-GAN vocoder; "
+        "docs/default-model.md) for a spoken answer, streams the answer text to stdout and writes its "
+        "speech with --out. --toy instead trains a 1.5 M-parameter model on one exchange for a few "
+        "seconds, which needs no shipped weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--question", default=DEMO_QUESTION, help="the question to speak")
+    p.add_argument("--audio", help="a recorded question instead (wav/flac/ogg, any rate)")
     p.add_argument("--out", help="write the spoken answer here as a wav")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'default' or a model directory")
+    p.add_argument("--voice", default="joe", help="voice of the spoken answer")
+    p.add_argument("--max-seconds", type=float, default=15.0, help="longest spoken answer")
+    p.add_argument("--toy", action="store_true", help="train and ask a toy model instead (no shipped weights needed)")
+    p.add_argument("--steps", type=int, default=200, help="--toy: training steps")
     p.set_defaults(func=cmd_demo)

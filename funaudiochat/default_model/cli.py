@@ -16,7 +16,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="funaudiochat-build-"))
     logger.info("work dir: %s", work)
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata)
-    print(f"wrote {res.out_dir} (work dir {work}); stage times: {res.timings}")
+    logger.info("stage times (s): %s", res.timings)
+    if args.ablation_no_merge:
+        from funaudiochat.default_model.build import run_no_merge_ablation
+
+        times = run_no_merge_ablation(work, smoke=args.smoke)
+        logger.info("no-merge ablation in %s: %s", work / "runs_nomerge", times)
+    print(res.out_dir)
     return 0
 
 
@@ -30,4 +36,7 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="a handful of items and steps (minutes on a CPU)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
+    p.add_argument("--ablation-no-merge", action="store_true",
+                   help="afterwards, train stage 2 and DPO again from stage 1 without the merge "
+                   "(into WORK/runs_nomerge; not shipped, for the Core-Cocktail ablation)")
     p.set_defaults(func=_cmd_build)

@@ -4,7 +4,15 @@
   sha1(id) so the same item always gets the same voice (deterministic and resumable).
 * Answer audio: piper "joe" (the assistant voice the detokenizer speaks), turned into 25 Hz speech
   tokens with the shipped :class:`KMeansSpeechTokenizer` (1024 tokens).
-* SFT JSONL (docs/data-format.md): system prompt, user audio, assistant text + speech tokens.
+* SFT JSONL (docs/data-format.md), three records per question, each under the system prompt that
+  inference uses for its mode (``funaudiochat.prompts``), so the model learns what the CLI, the server
+  and ``funaudiochat eval`` ask of it:
+
+  - ``spoken_qa``: user audio -> answer text + speech tokens (``SPEECH_TO_SPEECH`` or ``SPOKEN_CHAT``);
+  - ``spoken_qa_text``: user audio -> answer text only (``SPEECH_TO_TEXT``);
+  - ``asr``: user audio + ``TRANSCRIBE_INSTRUCTION`` -> the question's text (``SPEECH_TO_TEXT``).
+    Transcription gives every question word a target, which aligns the new adapter with the
+    frozen backbone much faster than the short answers alone (the pre-alignment stage).
 * DPO JSONL, one task ("robustness"): the question with white noise at 5-15 dB SNR; chosen = the
   clean answer, rejected = the answer to a different question.
 
@@ -20,14 +28,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from funaudiochat.default_model.answers import SYSTEM_PROMPT
 from funaudiochat.default_model.questions import Question
+from funaudiochat.prompts import SPEECH_TO_SPEECH, SPEECH_TO_TEXT, SPOKEN_CHAT, TRANSCRIBE_INSTRUCTION
 
 logger = logging.getLogger(__name__)
 
 QUESTION_SPEEDS = (0.9, 1.0, 1.1)
 ASSISTANT_ENGINE, ASSISTANT_VOICE = "piper", "joe"
 SFT_TASK = "spoken_qa"
+TEXT_REPLY_TASK = "spoken_qa_text"
+ASR_TASK = "asr"
 DPO_TASK = "robustness"
 
 
@@ -95,6 +105,26 @@ def _read_tokens(path: Path) -> dict[str, list[int]]:
     return out
 
 
+def _sft_records(q: Question, answer: str, tokens: list[int], audio: str, tts: tuple) -> list[dict]:
+    """The three SFT records of one question (spoken reply, text reply, transcription)."""
+    meta = {"source": q.source, "tts": list(tts)}
+    spoken_prompt = SPOKEN_CHAT if _h("prompt", q.id) % 2 else SPEECH_TO_SPEECH
+    return [
+        {"id": q.id, "task": SFT_TASK, "meta": meta, "messages": [
+            {"role": "system", "content": spoken_prompt},
+            {"role": "user", "audio": audio},
+            {"role": "assistant", "content": answer, "speech_tokens": tokens}]},
+        {"id": f"{q.id}:text", "task": TEXT_REPLY_TASK, "meta": meta, "messages": [
+            {"role": "system", "content": SPEECH_TO_TEXT},
+            {"role": "user", "audio": audio},
+            {"role": "assistant", "content": answer}]},
+        {"id": f"{q.id}:asr", "task": ASR_TASK, "meta": meta, "messages": [
+            {"role": "system", "content": SPEECH_TO_TEXT},
+            {"role": "user", "content": TRANSCRIBE_INSTRUCTION, "audio": audio},
+            {"role": "assistant", "content": q.text}]},
+    ]
+
+
 def build_speech_data(
     questions: Sequence[Question],
     answers: Mapping[str, str],
@@ -137,22 +167,14 @@ def build_speech_data(
                 tokens[q.id] = speech_tokenizer.encode(a_audio)
                 tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
                 tok_file.flush()
-            sft.append({
-                "id": q.id, "task": SFT_TASK,
-                "messages": [
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "audio": f"wav/{name}_q.wav"},
-                    {"role": "assistant", "content": answers[q.id], "speech_tokens": tokens[q.id]},
-                ],
-                "meta": {"source": q.source, "tts": [engine, voice, speed]},
-            })
+            sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed)))
     for i, q in enumerate(questions):
         other = questions[(i + 1) % len(questions)]
         if answers[other.id] == answers[q.id]:
             continue  # chosen and rejected must differ
         dpo.append({
             "id": f"{q.id}:noisy", "task": DPO_TASK,
-            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+            "messages": [{"role": "system", "content": SPEECH_TO_SPEECH},
                          {"role": "user", "audio": f"wav/{_safe(q.id)}_q_noisy.wav"}],
             "chosen": {"role": "assistant", "content": answers[q.id], "speech_tokens": tokens[q.id]},
             "rejected": {"role": "assistant", "content": answers[other.id], "speech_tokens": tokens[other.id]},

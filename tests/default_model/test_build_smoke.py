@@ -44,10 +44,14 @@ def test_smoke_build_outputs(smoke_build):
     questions = [json.loads(x) for x in (work / "questions.jsonl").read_text().splitlines()]
     assert len(questions) == 4
     sft, errs = validate_jsonl(work / "data" / "sft.jsonl", mode="sft")
-    assert not errs and len(sft) == 4
+    assert not errs and len(sft) == 12  # spoken reply, text reply, transcription per question
+    assert {r.task for r in sft} == {"spoken_qa", "spoken_qa_text", "asr"}
+    texts = {q["text"] for q in questions}
+    assert {r.messages[-1].content for r in sft if r.task == "asr"} == texts
+    assert all(r.messages[-1].speech_tokens is None for r in sft if r.task != "spoken_qa")
     dpo, errs = validate_jsonl(work / "data" / "dpo.jsonl", mode="dpo")
     assert not errs and {r.task for r in dpo} == {"robustness"}
-    assert all(max(r.messages[-1].speech_tokens) < 1024 for r in sft)
+    assert all(max(r.messages[-1].speech_tokens) < 1024 for r in sft if r.task == "spoken_qa")
     for stage in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
         assert (work / "runs" / stage / "final" / "config.json").is_file()
         assert (work / "recipes" / f"{stage}.yaml").is_file()
@@ -83,3 +87,29 @@ def test_cli_registers_build_default():
     assert callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["build-default"])  # --out is required
+
+
+@pytest.mark.slow
+def test_no_merge_ablation_skips_the_merge(smoke_build):
+    import yaml
+
+    from funaudiochat.default_model.build import run_no_merge_ablation
+
+    work = smoke_build.work_dir
+    times = run_no_merge_ablation(work, smoke=True)
+    assert set(times) == {"core_cocktail_stage2", "dpo"}
+    stage2 = yaml.safe_load((work / "recipes_nomerge" / "core_cocktail_stage2.yaml").read_text())
+    assert stage2["model"]["path"] == str(work / "runs" / "core_cocktail_stage1" / "final")
+    dpo = yaml.safe_load((work / "recipes_nomerge" / "dpo.yaml").read_text())
+    assert dpo["model"]["path"] == str(work / "runs_nomerge" / "core_cocktail_stage2" / "final")
+    assert (work / "runs_nomerge" / "dpo" / "final" / "config.json").is_file()
+    # the shipped (merged) build is untouched
+    assert yaml.safe_load((work / "recipes" / "core_cocktail_stage2.yaml").read_text())["model"]["path"] == \
+        str(work / "runs" / "merged")
+
+
+def test_ablation_needs_a_finished_stage_one(tmp_path):
+    from funaudiochat.default_model.build import run_no_merge_ablation
+
+    with pytest.raises(FileNotFoundError, match="no finished Core-Cocktail stage 1"):
+        run_no_merge_ablation(tmp_path, smoke=True)
