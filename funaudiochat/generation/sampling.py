@@ -79,4 +79,6 @@ def sample_token(
         drop[0] = False  # a top_p that rounds to 0 in float32 must still leave the best token
         logits = logits.index_fill(-1, order[drop], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if generator is not None:  # a conversation's generator lives on the CPU; the logits may be on a GPU
+        probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator))
