@@ -6,6 +6,7 @@ The result table goes to stdout; logs and tqdm progress go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,23 @@ def format_table(summary: Sequence[SetSummary]) -> str:
     return "\n".join(lines)
 
 
+def _read_ids(path: str) -> frozenset[str]:
+    """Ids from a JSONL file (each line's ``id``) or a text file (one id per line)."""
+    ids = set()
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                ids.add(str(json.loads(line)["id"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: expected a JSON object with an 'id' ({err})") from err
+        else:
+            ids.add(line)
+    return frozenset(ids)
+
+
 def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from funaudiochat.evaluation.runner import RUN_JSON, REPORT_MD, EvalConfig, EvalRunner
 
@@ -43,7 +61,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
         tts_cache=Path(args.tts_cache) if args.tts_cache else None, tts_max_wer=args.tts_max_wer, judge=args.judge,
         detokenizer=args.detokenizer, detokenizer_path=args.detokenizer_path, dtype=args.dtype,
         device=args.device, seed=args.seed, run_name=args.name, save_audio=args.save_audio,
-        progress=not args.no_progress,
+        progress=not args.no_progress, exclude_ids=_read_ids(args.exclude_ids) if args.exclude_ids else frozenset(),
     )
     result: RunResult = EvalRunner(config).run()
     out = out or sys.stdout
@@ -78,7 +96,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "them with the benchmark checkers and write RUN_DIR/run.json, RUN_DIR/report.md and a per-item log that "
         "lets an interrupted run resume. Sets without audio are spoken by the offline TTS first.",
     )
-    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--model", default="default",
+                   help="checkpoint directory, or 'default' for the embedded funaudiochat-tiny")
+    p.add_argument("--exclude-ids",
+                   help="skip these item ids (a JSONL file with an 'id' per line, such as the default model's "
+                   "build questions.jsonl, or one id per line): never score a model on what it was trained on")
     p.add_argument("--sets", required=True,
                    help="comma list of set names under the data root (or paths to JSONL files)")
     p.add_argument("--modes", default="text,s2t", help="comma list from text, s2t, s2s (default text,s2t)")

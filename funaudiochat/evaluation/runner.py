@@ -134,6 +134,8 @@ class EvalConfig:
     run_name: str | None = None
     save_audio: bool = False
     progress: bool = True
+    #: Item ids never to evaluate (e.g. those a model was trained on); applied before ``limit``.
+    exclude_ids: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 0:
@@ -283,7 +285,7 @@ class EvalRunner:
         t0 = time.perf_counter()
         with JsonlAppender(self.out / LOG_FILE) as log:
             for eset in self.sets:
-                records = load_jsonl_set(eset.path, self.config.limit)
+                records = self._records(eset)
                 for mode in self.config.modes:
                     self._run_set_mode(eset, records, mode, done, log)
                     selected += self._collect(eset, records, mode, done)
@@ -292,6 +294,13 @@ class EvalRunner:
         result = write_run_json(self.out / RUN_JSON, selected, run_name, meta)
         write_markdown_report(result, self.out / REPORT_MD)
         return result
+
+    def _records(self, eset: EvalSet) -> list[dict[str, Any]]:
+        """The set's records minus the excluded ids, then the first ``limit`` of them."""
+        if not self.config.exclude_ids:
+            return load_jsonl_set(eset.path, self.config.limit)
+        records = [r for r in load_jsonl_set(eset.path) if str(r["id"]) not in self.config.exclude_ids]
+        return records if self.config.limit is None else records[: self.config.limit]
 
     def _collect(self, eset: EvalSet, records: Sequence[Mapping[str, Any]], mode: str,
                  done: Mapping[tuple[str, str, str, str], ScoredItem]) -> list[ScoredItem]:
@@ -493,7 +502,7 @@ class EvalRunner:
         c = self.config
         meta: dict[str, Any] = {
             "model": str(c.model), "modes": ",".join(c.modes), "sets": ",".join(s.name for s in self.sets),
-            "split": c.split, "data_root": str(self.root), "limit": c.limit, "batch_size": c.batch_size,
+            "split": c.split, "data_root": str(self.root), "limit": c.limit, "excluded_ids": len(c.exclude_ids), "batch_size": c.batch_size,
             "max_seconds": c.max_seconds, "tts": ",".join(c.tts), "tts_max_wer": c.tts_max_wer, "asr": c.asr, "judge": c.judge or "none",
             "dtype": c.dtype, "device": c.device, "seed": c.seed,
             "generated_this_call": self.stats.generated,

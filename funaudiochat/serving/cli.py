@@ -32,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get("FUNAUDIOCHAT_API_KEY") or None,
-        model_name=args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else "funaudiochat-tiny"),
+        model_name=args.model_name or ("funaudiochat-tiny" if args.tiny or args.model == "default"
+                                       else os.path.basename(os.path.normpath(args.model))),
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_audio_seconds=args.max_audio_seconds,
         max_output_seconds=args.max_output_seconds,
@@ -43,14 +44,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )  # validates first: no model is loaded for a server that may not start
     from funaudiochat.chat import attach_detokenizer
 
-    if args.model:
+    if args.tiny:
+        engine = _tiny_engine(args.seed)
+    else:
         from funaudiochat.chat import load_engine
 
         engine = load_engine(args.model, args.dtype)
-    elif args.tiny:
-        engine = _tiny_engine(args.seed)
-    else:
-        raise ValueError("give --model DIR (a checkpoint) or --tiny (a random test model)")
     attach_detokenizer(engine, args.detokenizer, args.detokenizer_path)
     asr = None
     if args.asr:
@@ -79,7 +78,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "address requires --api-key.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="checkpoint directory (config.json, safetensors, tokenizer)")
+    src.add_argument("--model", default="default",
+                     help="checkpoint directory (config.json, safetensors, tokenizer), or 'default' for the "
+                     "embedded funaudiochat-tiny (default)")
     src.add_argument("--tiny", action="store_true", help="serve a random tiny model (for trying the protocol and page)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --tiny model (default 0)")

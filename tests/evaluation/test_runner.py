@@ -344,3 +344,21 @@ def test_llama_questions_uses_its_real_recordings(model_dir, engine, tmp_path):
     result = EvalRunner(config, engine=engine).run()
     assert [it.id for it in result.items] == ["llamaq_1", "llamaq_3"]
     assert all(it.details["run"]["audio_source"] == "dataset" for it in result.items)
+
+
+def test_cli_exclude_ids_skips_trained_items_before_the_limit(model_dir, data_root, tmp_path, capsys):
+    ids = tmp_path / "trained.jsonl"
+    ids.write_text('{"id": "qa_0", "text": "seen in training"}\n\n')
+    common = ["--model", str(model_dir), "--sets", "qa", "--modes", "text", "--data-root", str(data_root),
+              "--max-seconds", str(FAST), "--no-progress", "--limit", "1"]
+    assert _cli(["eval", *common, "--exclude-ids", str(ids), "--out", str(tmp_path / "a")]) == 0
+    assert [r["id"] for r in _log(tmp_path / "a")] == ["qa_1"]
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["meta"]["excluded_ids"] == 1
+    plain = tmp_path / "ids.txt"
+    plain.write_text("qa_0\nqa_1\n")
+    assert _cli(["eval", *common, "--exclude-ids", str(plain), "--out", str(tmp_path / "b")]) == 0
+    assert [r["id"] for r in _log(tmp_path / "b")] == ["qa_2"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"name": "no id"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected a JSON object with an 'id'"):
+        _cli(["eval", *common, "--exclude-ids", str(bad), "--out", str(tmp_path / "c")])

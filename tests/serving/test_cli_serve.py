@@ -28,9 +28,10 @@ def test_refuses_an_exposed_address_without_a_key(monkeypatch):
         args.func(args)
 
 
-def test_model_or_tiny_is_required():
-    args = parser().parse_args(["serve"])
-    with pytest.raises(ValueError, match="give --model DIR"):
+def test_serves_the_embedded_model_by_default_and_names_a_bad_model_dir(tmp_path):
+    assert parser().parse_args(["serve"]).model == "default"
+    args = parser().parse_args(["serve", "--model", str(tmp_path)])
+    with pytest.raises(SystemExit, match="is not a model directory"):
         args.func(args)
 
 
