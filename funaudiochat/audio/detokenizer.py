@@ -208,7 +208,7 @@ class _EstimatorBlock(nn.Module):
 
 def _time_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
     half = dim // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     ang = 1000.0 * t[:, None].float() * freqs[None]
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
@@ -266,7 +266,7 @@ class TokenToMel(nn.Module):
         """Flow-matching loss (OT path, cosine-warped t) + L1 prior loss on ``mu``; `mel` is normalised."""
         cond, mu = self.encode(tokens, token_mask, frame_tokens, speaker)
         b = mel.shape[0]
-        t = 1 - torch.cos(torch.rand(b) * math.pi / 2)
+        t = 1 - torch.cos(torch.rand(b, device=mel.device) * math.pi / 2)
         x0 = torch.randn_like(mel)
         s = self.cfg.sigma_min
         xt = (1 - (1 - s) * t[:, None, None]) * x0 + t[:, None, None] * mel

@@ -332,6 +332,30 @@ def _detok_examples(work: Path, token_sha: str) -> list[tuple[int, np.ndarray, t
     return out
 
 
+def save_examples(path: Path, data: list, token_sha: str) -> None:
+    """Training examples (voice, tokens, fp16 log-mel) in one compressed npz, so training can run on
+    another machine (a GPU) without the audio and the tokenizer."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp, token_sha=np.array(token_sha), voices=np.array([v for v, _, _ in data], dtype=np.int64),
+        token_len=np.array([t.size for _, t, _ in data], dtype=np.int64),
+        frame_len=np.array([m.shape[1] for _, _, m in data], dtype=np.int64),
+        tokens=np.concatenate([t for _, t, _ in data]).astype(np.int16),
+        mels=np.concatenate([m.numpy() for _, _, m in data], axis=1).astype(np.float16))
+    tmp.replace(path)
+
+
+def load_examples(path: Path, token_sha: str) -> list:
+    import torch
+
+    with np.load(path) as z:
+        if str(z["token_sha"]) != token_sha:
+            raise ValueError(f"{path} was made with another tokenizer ({z['token_sha']}); rebuild it")
+        toks = np.split(z["tokens"].astype(np.int64), np.cumsum(z["token_len"])[:-1])
+        mels = np.split(z["mels"].astype(np.float32), np.cumsum(z["frame_len"])[:-1], axis=1)
+        return [(int(v), t, torch.from_numpy(np.ascontiguousarray(m))) for v, t, m in zip(z["voices"], toks, mels)]
+
+
 def cmd_detokenizer(args: argparse.Namespace) -> None:
     """Train the token->mel flow model for a fixed wall-clock budget; save fp16 weights + manifest."""
     import torch
@@ -347,7 +371,17 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
     work = Path(args.work)
     tok_manifest = json.loads((Path(args.tokenizer) / "tokenizer.json").read_text())
     token_sha = tok_manifest["files"]["centroids.safetensors"]["sha256"]
-    data = _detok_examples(work, token_sha)
+    examples = Path(args.examples) if args.examples else None
+    if examples is not None and examples.is_file():
+        data = load_examples(examples, token_sha)
+    else:
+        data = _detok_examples(work, token_sha)
+        if examples is not None:
+            save_examples(examples, data, token_sha)
+            logger.info("saved %d training examples to %s", len(data), examples)
+            if args.minutes <= 0:
+                return
+    device = torch.device(args.device)
     all_mel = torch.cat([m for _, _, m in data], dim=1)
     mean, std = all_mel.mean(1), all_mel.std(1) + 1e-3
     cfg = FlowConfig(codebook_size=tok_manifest["codebook_size"], n_voices=len(TRAINING_VOICES), dim=args.dim,
@@ -355,6 +389,7 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
     model = TokenToMel(cfg)
     model.mel_mean.copy_(mean)
     model.mel_std.copy_(std)
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%d utterances, %d mel frames (%.1f min); model %.2f M params", len(data), all_mel.shape[1],
                 all_mel.shape[1] * 256 / 22050 / 60, n_params / 1e6)
@@ -391,7 +426,7 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
             ftok[i, : f1 - f0] = token_of_frame(torch.arange(f0, f1)).clamp(max=tok.size - 1)
             mels[i, :, : f1 - f0] = (mel[:, f0:f1] - mean[:, None]) / std[:, None]
             fmask[i, : f1 - f0] = 1
-        loss, parts = model.loss(tokens, tmask, ftok, spk, mels, fmask)
+        loss, parts = model.loss(*(x.to(device) for x in (tokens, tmask, ftok, spk, mels, fmask)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -401,9 +436,10 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
         if step % 50 == 0:
             fm, pr = np.mean(hist[-50:], axis=0)
             logger.info("step %d  %.0fs  lr %.2e  fm %.4f  prior %.4f", step, elapsed, lr, fm, pr)
-    model.eval()
+    model.eval().cpu()
     fm, pr = np.mean(hist[-100:], axis=0)
     training = {"steps": step, "minutes": round((time.perf_counter() - t0) / 60, 2), "threads": args.threads,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "batch": args.batch, "crop_frames": args.crop, "lr": args.lr, "params": n_params,
                 "utterances": len(data), "mel_frames": int(all_mel.shape[1]),
                 "final_fm_loss": round(float(fm), 4), "final_prior_l1": round(float(pr), 4),
@@ -576,6 +612,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=8, help="ODE steps at inference")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256, help="mel frames per training crop")
+    p.add_argument("--examples", help="npz of training examples: read if it exists, else computed from --work "
+                   "and written there (with --minutes 0, only written)")
+    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

@@ -9,6 +9,8 @@ All state lives in :class:`~funaudiochat.generation.state.Conversation` objects 
 :class:`Turn` being generated; the :class:`Engine` only holds the (read-only) model.  Several
 conversations can be decoded as one batch: their caches are left-padded into one, padding columns
 are masked and positions are the true ones, so each row computes what it would compute alone.
+A row that finishes can leave the batch early (:meth:`Turn.close_row`): its conversation gets its
+own cache back at once and the remaining rows go on in a smaller batch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from transformers import DynamicCache
 
 from funaudiochat.generation.cache import PackedCache, merge_caches, split_cache
 from funaudiochat.generation.events import AudioChunk, EndOfTurn, Event, SpeechTokens, TextDelta
@@ -66,12 +70,16 @@ class TurnOptions:
         return max(1, round(self.max_seconds / SECONDS_PER_STEP))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Row:
-    """Decoding state of one conversation within a turn."""
+    """Decoding state of one conversation within a turn (compared by identity)."""
 
     conv: Conversation
     speak: bool
+    index: int = 0  # position in Turn.rows (stable; the batch slot changes as rows leave)
+    closed: bool = False
+    end: EndOfTurn | None = None  # set when the row is closed
+    new_messages: list[Message] = field(default_factory=list)  # the turn's input, written to history at close
     speaking: bool = False
     finished: bool = False
     reason: str = ""
@@ -94,6 +102,8 @@ class Turn:
     """One reply being generated for one or more conversations (one batch row each).
 
     Use :meth:`step` until :attr:`done`, then :meth:`close`; or iterate :meth:`events` (B = 1).
+    Row ``i`` is always ``rows[i]``; a row closed early with :meth:`close_row` leaves the decoding
+    batch (``_batch``, the rows still decoded, in tensor order) but keeps its index.
     """
 
     def __init__(
@@ -117,8 +127,8 @@ class Turn:
                     other.lock.release()
                 raise RuntimeError(f"conversation {conv.id} already has a reply in progress")
             held.append(conv)
-        self.rows = [_Row(conv, speak=options.mode == "s2s") for conv in conversations]
-        self._closed = False
+        self.rows = [_Row(conv, speak=options.mode == "s2s", index=i) for i, conv in enumerate(conversations)]
+        self._batch: list[_Row] = list(self.rows)
         try:
             self._setup_ids()
             with torch.inference_mode():
@@ -163,11 +173,10 @@ class Turn:
     def _prefill(self, messages: Sequence[Sequence[Message]]) -> None:
         model, k = self.model, self.k
         encoded = []
-        self._new_messages = []
         for row, new in zip(self.rows, messages):
             ex, todo = self._encode_new(row, new)
             encoded.append(ex)
-            self._new_messages.append(todo)
+            row.new_messages = todo
         batch = self.engine.processor.collate(encoded, with_labels=False, padding_side="left")
         dev = model.device
         batch = {key: value.to(dev) for key, value in batch.items()}
@@ -258,32 +267,52 @@ class Turn:
     # ------------------------------------------------------------------ decoding
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once every row is closed (by :meth:`close` or :meth:`close_row`)."""
+        return all(r.closed for r in self.rows)
 
     @property
     def done(self) -> bool:
         return all(r.finished for r in self.rows)
 
+    @property
+    def batch_size(self) -> int:
+        """Rows still decoded together (closed rows have left the batch)."""
+        return len(self._batch)
+
     def cancel(self, row: int = 0, spoken_tokens: int | None = None) -> None:
-        """Stop row ``row`` at the next step (barge-in).
+        """Stop row ``row`` at the next step (barge-in); a row already closed is left alone.
 
         ``spoken_tokens``, when known, is how many speech tokens the user actually heard: the
         conversation then keeps only the part of the reply that was spoken.
         """
-        self.rows[row].cancel_requested = True
-        self.rows[row].spoken_limit = spoken_tokens
+        r = self.rows[row]
+        if r.closed:
+            return
+        r.cancel_requested = True
+        r.spoken_limit = spoken_tokens
 
     def step(self) -> list[list[Event]]:
-        """Advance every unfinished row by one backbone step; returns the new events per row."""
+        """Advance every unfinished row by one backbone step; returns the new events per row.
+
+        The list has one entry per row of :attr:`rows` (empty for finished or closed rows).
+        """
+        result: list[list[Event]] = [[] for _ in self.rows]
+        if not self._batch:
+            return result
         with torch.inference_mode():
-            return self._step()
+            per_slot = self._step()
+        for row, events in zip(self._batch, per_slot):
+            result[row.index] = events
+        return result
 
     def _step(self) -> list[list[Event]]:
+        """One step of the rows in the batch; events per batch slot."""
         model, k, a, dev = self.model, self.k, self.cfg.audio_config, self.model.device
-        events: list[list[Event]] = [[] for _ in self.rows]
-        b = len(self.rows)
+        rows = self._batch
+        events: list[list[Event]] = [[] for _ in rows]
+        b = len(rows)
         text = [self.im_end] * b
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(rows):
             if row.finished:
                 continue
             if row.cancel_requested:
@@ -299,7 +328,7 @@ class Turn:
             if "first_text_s" not in row.timings and text[i] not in self.hidden_specials:
                 row.timings["first_text_s"] = time.perf_counter() - self.t0
 
-        speaking = [r.speaking and not r.finished for r in self.rows]
+        speaking = [r.speaking and not r.finished for r in rows]
         groups: list[list[int] | None] = [None] * b
         if any(speaking):
             groups = self._speech_group(speaking)
@@ -309,7 +338,7 @@ class Turn:
         active = torch.zeros(b, 1, dtype=torch.long, device=dev)
         positions = torch.zeros(b, 1, dtype=torch.long, device=dev)
         table = model.get_input_embeddings()
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(rows):
             if row.finished:
                 continue
             group = groups[i]
@@ -355,7 +384,7 @@ class Turn:
             row.conv.positions += 1
 
         # rows that stopped speaking hand their current SRH input to the backlog
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(rows):
             if active[i, 0] and not speaking[i]:
                 row.conv.push_backlog(self.cur_pre[i : i + 1])
         if bool(active.any()):
@@ -370,17 +399,18 @@ class Turn:
         """The SRH's inner loop: k sequential sub-frames for every speaking row."""
         model, k, a, dev = self.model, self.k, self.cfg.audio_config, self.model.device
         srh = model.audio_invert_tower
-        b, h = len(self.rows), self.cur_pre.shape[-1]
+        rows = self._batch
+        b, h = len(rows), self.cur_pre.shape[-1]
         conditions = srh.pre_matching(self.cur_pre).reshape(b, k, h)
         active = torch.tensor(speaking, dtype=torch.long, device=dev)[:, None]
         delay_groups = -(-self.cfg.speech_delay // k)
         groups: list[list[int] | None] = [[] if s else None for s in speaking]
-        prev = [r.prev_speech for r in self.rows]
+        prev = [r.prev_speech for r in rows]
         ended = [False] * b
-        if self.options.force_delay and all(r.groups < delay_groups for r, s in zip(self.rows, speaking) if s):
+        if self.options.force_delay and all(r.groups < delay_groups for r, s in zip(rows, speaking) if s):
             # The delay tokens are known: feed the k sub-frames in one SRH call instead of k.
             positions = torch.tensor(
-                [[r.conv.srh_positions * k + j for j in range(k)] for r in self.rows], dtype=torch.long, device=dev
+                [[r.conv.srh_positions * k + j for j in range(k)] for r in rows], dtype=torch.long, device=dev
             )
             prev_ids = torch.tensor([[p] + [a.bos_token_id] * (k - 1) for p in prev], device=dev)
             self._srh(conditions, prev_ids, active.expand(b, k), positions)
@@ -392,10 +422,10 @@ class Turn:
             if all(g is None or len(g) == k for g in groups):
                 break  # every speaking row's group is already known (the delay)
             positions = torch.tensor(
-                [[r.conv.srh_positions * k + j] for r in self.rows], dtype=torch.long, device=dev
+                [[r.conv.srh_positions * k + j] for r in rows], dtype=torch.long, device=dev
             )
             logits = self._srh(conditions[:, j : j + 1], torch.tensor([[p] for p in prev], device=dev), active, positions)
-            for i, row in enumerate(self.rows):
+            for i, row in enumerate(rows):
                 if not speaking[i]:
                     continue
                 if ended[i]:
@@ -409,7 +439,7 @@ class Turn:
                         ended[i] = True
                 groups[i].append(tok)
                 prev[i] = tok
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(rows):
             if speaking[i]:
                 row.conv.srh_positions += 1
                 row.groups += 1
@@ -418,57 +448,101 @@ class Turn:
 
     # ------------------------------------------------------------------ closing
     def close(self) -> list[EndOfTurn]:
-        """Store each conversation's caches and history; returns the end-of-turn summaries."""
-        if self._closed:
-            raise RuntimeError("turn already closed")
-        self._closed = True
-        try:
-            with torch.inference_mode():
-                return self._close()
-        finally:
-            for row in self.rows:
-                row.conv.lock.release()
+        """Store each conversation's caches and history; returns one end-of-turn summary per row.
 
-    def _close(self) -> list[EndOfTurn]:
-        for row in self.rows:
-            if not row.finished:
-                row.finished, row.reason = True, "cancelled"
-        caches = split_cache(self.cache, self.mask)
-        srh_caches = split_cache(self.srh_cache, self.srh_mask)
-        results = []
-        for i, row in enumerate(self.rows):
-            conv = row.conv
-            conv.cache = caches[i]
-            conv.srh_cache = srh_caches[i]
-            # the last fed position's SRH input was never consumed
-            conv.push_backlog(self.cur_pre[i : i + 1])
-            if row.audio is not None:
-                last = row.audio.flush()
-                if len(last):
-                    row.tail.append(AudioChunk(last, self.engine.detokenizer.sample_rate))
-            generated = len(row.fed_text)
-            start = conv.positions - generated
-            if row.reason == "cancelled" and row.spoken_limit is not None:
-                keep = next((n for n, c in enumerate(row.speech_at_position) if c > row.spoken_limit), generated)
-                conv.truncate(start + keep, self.k)
-                row.fed_text = row.fed_text[:keep]
-                row.speech = row.speech[: row.spoken_limit]
-                row.visible = [t for t in row.fed_text if t not in self.hidden_specials]
-            closing: list[int] = []
-            if self.cfg.audio_eos_id not in row.fed_text and row.speak:
-                closing.append(self.cfg.audio_eos_id)
-            closing += [self.im_end, *self.newline]
-            self._feed_alone(conv, closing)
-            text = self.engine.processor.tokenizer.decode(row.visible, skip_special_tokens=True).strip()
-            conv.messages.extend(self._new_messages[i])
-            conv.pending = []
-            conv.messages.append(Message("assistant", text or " ", speech_tokens=row.speech or None, train=False))
-            row.timings["total_s"] = time.perf_counter() - self.t0
-            end = EndOfTurn(text=text, speech_tokens=list(row.speech), reason=row.reason, steps=row.steps, timings=dict(row.timings))
-            if self.options.tools:
-                end.tool_calls, end.tool_call_errors = tool_calls_from_text(text)
-            results.append(end)
-        return results
+        Unfinished rows are closed as cancelled; rows already closed with :meth:`close_row` give
+        the summary they returned then.
+        """
+        if self.closed:
+            raise RuntimeError("turn already closed")
+        self._close_rows([r for r in self.rows if not r.closed])
+        return [r.end for r in self.rows]  # type: ignore[misc]  # every row is closed now
+
+    def close_row(self, row: int) -> EndOfTurn:
+        """Close one row now, without waiting for the others (a short reply in a batch).
+
+        The conversation gets its own caches and history and is unlocked, so it can take a new turn
+        at once; the row leaves the batch and the remaining rows go on decoding.  An unfinished row
+        is closed as cancelled.  Its last audio is in ``rows[row].tail``.
+        """
+        r = self.rows[row]
+        if r.closed:
+            raise RuntimeError(f"row {row} of this turn is already closed")
+        return self._close_rows([r])[0]
+
+    def _close_rows(self, rows: list[_Row]) -> list[EndOfTurn]:
+        """Finish ``rows`` (all in the batch); whatever happens they are unlocked and leave the batch."""
+        slots = [self._slot(r) for r in rows]
+        with torch.inference_mode():
+            try:
+                caches = _split_rows(self.cache, self.mask, slots)
+                srh_caches = _split_rows(self.srh_cache, self.srh_mask, slots)
+                return [
+                    self._finish_row(r, cache, srh_cache, self.cur_pre[slot : slot + 1])
+                    for r, slot, cache, srh_cache in zip(rows, slots, caches, srh_caches)
+                ]
+            finally:
+                for r in rows:
+                    r.closed = True
+                    r.conv.lock.release()
+                self._drop_slots(slots)
+
+    def _slot(self, row: _Row) -> int:
+        for slot, other in enumerate(self._batch):
+            if other is row:
+                return slot
+        raise RuntimeError(f"row {row.index} is not in the batch")
+
+    def _drop_slots(self, slots: list[int]) -> None:
+        """Remove closed rows from the batch tensors, so later steps only compute the rows left."""
+        gone = set(slots)
+        keep = [i for i in range(len(self._batch)) if i not in gone]
+        self._batch = [self._batch[i] for i in keep]
+        if not keep:  # nothing left to decode: free the batch
+            self.cache = self.srh_cache = None
+            return
+        idx = torch.tensor(keep, device=self.mask.device)
+        self.next_logits = self.next_logits[idx]
+        self.cur_pre = self.cur_pre[idx]
+        self.cache, self.mask = _select_rows(self.cache, self.mask, idx)
+        self.srh_cache, self.srh_mask = _select_rows(self.srh_cache, self.srh_mask, idx)
+
+    def _finish_row(self, row: _Row, cache: PackedCache | None, srh_cache: PackedCache | None, pre: torch.Tensor) -> EndOfTurn:
+        """Give the conversation its caches, close the reply with end markers and write the history."""
+        if not row.finished:
+            row.finished, row.reason = True, "cancelled"
+        conv = row.conv
+        conv.cache = cache
+        conv.srh_cache = srh_cache
+        # the last fed position's SRH input was never consumed
+        conv.push_backlog(pre)
+        if row.audio is not None:
+            last = row.audio.flush()
+            if len(last):
+                row.tail.append(AudioChunk(last, self.engine.detokenizer.sample_rate))
+        generated = len(row.fed_text)
+        start = conv.positions - generated
+        if row.reason == "cancelled" and row.spoken_limit is not None:
+            keep = next((n for n, c in enumerate(row.speech_at_position) if c > row.spoken_limit), generated)
+            conv.truncate(start + keep, self.k)
+            row.fed_text = row.fed_text[:keep]
+            row.speech = row.speech[: row.spoken_limit]
+            row.visible = [t for t in row.fed_text if t not in self.hidden_specials]
+        closing: list[int] = []
+        if self.cfg.audio_eos_id not in row.fed_text and row.speak:
+            closing.append(self.cfg.audio_eos_id)
+        closing += [self.im_end, *self.newline]
+        self._feed_alone(conv, closing)
+        text = self.engine.processor.tokenizer.decode(row.visible, skip_special_tokens=True).strip()
+        conv.messages.extend(row.new_messages)
+        conv.pending = []
+        conv.messages.append(Message("assistant", text or " ", speech_tokens=row.speech or None, train=False))
+        row.timings["total_s"] = time.perf_counter() - self.t0
+        end = EndOfTurn(text=text, speech_tokens=list(row.speech), reason=row.reason, steps=row.steps, timings=dict(row.timings))
+        if self.options.tools:
+            end.tool_calls, end.tool_call_errors = tool_calls_from_text(text)
+        row.end = end
+        return end
 
     def _feed_alone(self, conv: Conversation, ids: list[int]) -> None:
         """Append tokens to one conversation's cache (end-of-turn markers)."""
@@ -503,6 +577,30 @@ class Turn:
         end = self.close()[0]
         yield from self.rows[0].tail
         yield end
+
+
+def _split_rows(cache: DynamicCache | None, mask: torch.Tensor, slots: Sequence[int]) -> list[PackedCache | None]:
+    """:func:`split_cache` for some batch rows only (the others stay in the batch)."""
+    if cache is None:
+        return [None] * len(slots)
+    layers = [(k, v) for k, v, *_ in cache]
+    out: list[PackedCache | None] = []
+    for i in slots:
+        cols = mask[i].to(torch.bool)
+        out.append(PackedCache([(k[i : i + 1, :, cols], v[i : i + 1, :, cols]) for k, v in layers]))
+    return out
+
+
+def _select_rows(cache: DynamicCache | None, mask: torch.Tensor, idx: torch.Tensor) -> tuple[DynamicCache | None, torch.Tensor]:
+    """Keep the batch rows ``idx`` and drop the leading columns that are padding in all of them."""
+    mask = mask[idx]
+    valid = mask.any(dim=0).nonzero()
+    first = int(valid[0]) if len(valid) else mask.shape[1]
+    mask = mask[:, first:]
+    if cache is None or mask.shape[1] == 0:
+        return None, mask
+    layers = [(k[idx, :, first:], v[idx, :, first:]) for k, v, *_ in cache]
+    return DynamicCache(ddp_cache_data=layers), mask
 
 
 class Engine:
@@ -571,6 +669,18 @@ class Engine:
         msgs = [message] if isinstance(message, Message) else list(message)
         return Turn(self, [conv], [msgs], options or TurnOptions())
 
+    def start_batch(
+        self,
+        conversations: Sequence[Conversation],
+        messages: Sequence[Message | Sequence[Message]],
+        options: TurnOptions | None = None,
+    ) -> Turn:
+        """One turn whose row ``i`` answers ``messages[i]`` in ``conversations[i]`` (decoded as one batch)."""
+        if len(conversations) != len(messages):
+            raise ValueError(f"{len(conversations)} conversations but {len(messages)} messages")
+        msgs = [[m] if isinstance(m, Message) else list(m) for m in messages]
+        return Turn(self, conversations, msgs, options or TurnOptions())
+
     def stream(self, conv: Conversation, message: Message | Sequence[Message], options: TurnOptions | None = None) -> Iterator[Event]:
         """Events of one reply as they are produced (text deltas, speech tokens, end of turn)."""
         return self.start(conv, message, options).events()
@@ -611,10 +721,7 @@ class Engine:
         options: TurnOptions | None = None,
     ) -> list[EndOfTurn]:
         """One reply for each conversation, decoded together as one batch."""
-        if len(conversations) != len(messages):
-            raise ValueError(f"{len(conversations)} conversations but {len(messages)} messages")
-        msgs = [[m] if isinstance(m, Message) else list(m) for m in messages]
-        turn = Turn(self, conversations, msgs, options or TurnOptions())
+        turn = self.start_batch(conversations, messages, options)
         while not turn.done:
             turn.step()
         return turn.close()

@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_output_seconds=min(args.default_output_seconds, args.max_output_seconds),
         max_sessions=args.max_sessions,
         max_http_concurrency=args.max_http_concurrency,
+        max_batch=args.max_batch,
         vad_backend=args.vad,
     )  # validates first: no model is loaded for a server that may not start
     from funaudiochat.chat import attach_detokenizer
@@ -94,6 +95,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    "mandatory off loopback; also read from $FUNAUDIOCHAT_API_KEY")
     p.add_argument("--max-sessions", type=int, default=16, help="concurrent voice sessions (default 16)")
     p.add_argument("--max-http-concurrency", type=int, default=8, help="concurrent chat completions (default 8)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most replies decoded together in one batch; replies that start in the same scheduler round "
+                   "with equal options share a batch (default 8; 1 = one at a time, round-robin)")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest user utterance (default 60)")
     p.add_argument("--max-output-seconds", type=float, default=60.0, help="longest reply a client may ask for (default 60)")
     p.add_argument("--default-output-seconds", type=float, default=30.0, help="reply limit when the client sets none (default 30)")

@@ -95,7 +95,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any 
     voices = tuple(detok.voices) if detok is not None and hasattr(detok, "voices") else None
     state = ServerState(
         settings=settings,
-        scheduler=Scheduler(engine, slow_client_timeout=settings.slow_client_timeout),
+        scheduler=Scheduler(engine, slow_client_timeout=settings.slow_client_timeout, max_batch=settings.max_batch),
         vad=VadFactory(settings.vad_backend),
         voices=voices or None,
         output_sample_rate=int(detok.sample_rate) if detok is not None else None,

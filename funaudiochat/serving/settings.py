@@ -24,10 +24,12 @@ class ServerSettings:
     max_text_chars: int = 20000  # one text message
     send_queue_frames: int = 64  # per-session outgoing frames before the reply pauses
     slow_client_timeout: float = 30.0  # a reply paused this long for a slow reader is cancelled
+    max_batch: int = 8  # replies started in the same round with equal options share one batched turn (1: never)
     vad_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_frame_bytes", "max_sessions", "max_http_concurrency", "max_text_chars", "send_queue_frames"):
+        for name in ("max_request_bytes", "max_frame_bytes", "max_sessions", "max_http_concurrency", "max_text_chars", "send_queue_frames",
+                     "max_batch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_audio_seconds", "max_output_seconds", "default_output_seconds", "slow_client_timeout"):

@@ -45,3 +45,21 @@ def test_a_detokenizer_with_another_codebook_is_not_attached(engine, monkeypatch
     assert engine.detokenizer is None
     with pytest.raises(ValueError, match="reads 1024 speech tokens but the model makes 6561"):
         attach_detokenizer(engine, "flow", None)  # asked for explicitly: an error
+
+
+def test_max_batch_reaches_the_scheduler(monkeypatch):
+    from funaudiochat.serving.server import create_app
+
+    seen = {}
+
+    def fake_serve(engine, settings, asr=None):
+        seen["scheduler"] = create_app(engine, settings).state.serving.scheduler
+
+    monkeypatch.setattr("funaudiochat.serving.server.serve", fake_serve)
+    assert parser().parse_args(["serve"]).max_batch == 8
+    args = parser().parse_args(["serve", "--tiny", "--detokenizer", "none", "--max-batch", "3"])
+    assert args.func(args) == 0
+    assert seen["scheduler"].max_batch == 3
+    args = parser().parse_args(["serve", "--tiny", "--detokenizer", "none", "--max-batch", "0"])
+    with pytest.raises(ValueError, match="max_batch must be positive"):
+        args.func(args)

@@ -49,7 +49,7 @@ def test_cancel_takes_effect_before_the_next_step(engine):
 def test_a_slow_reader_pauses_only_its_own_reply(engine):
     loop = asyncio.new_event_loop()
     try:
-        sched = Scheduler(engine)
+        sched = Scheduler(engine, max_batch=1)  # one turn per job (batched: test_scheduler_batching.py)
         slow = sched.submit(Job(engine.conversation(), [Message("user", "a")], TurnOptions(max_seconds=60), loop, high_water=3))
         fast = sched.submit(Job(engine.conversation(), [Message("user", "b")], TurnOptions(max_seconds=60), loop, high_water=10**6))
         for _ in range(10):
