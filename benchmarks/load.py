@@ -6,10 +6,12 @@ time to first text delta and first audio chunk; per session, real-time factor = 
 reply / seconds of reply speech (speech tokens / 25 Hz); errors (any ``error`` event or failure).
 
     python benchmarks/load.py                      # tiny random model + tone detokenizer, N = 1 2 4 8
+    python benchmarks/load.py --model default --detokenizer real --question-text "What is the capital of France?"
     python benchmarks/load.py --model DIR --sessions 1 4 --turns 3
 
 The tiny model and the stand-in detokenizer measure the server (protocol, scheduling, streaming),
-not a real model's speed.
+not a real model's speed; ``--model default --detokenizer real`` measures the embedded model with its
+shipped codec and HiFi-GAN, asked a question spoken by piper.
 """
 
 from __future__ import annotations
@@ -118,17 +120,31 @@ async def run_level(url: str, n: int, question: bytes, turns: int, reply_seconds
     }
 
 
-def build_engine(model_dir: str | None):
+def build_engine(model_dir: str | None, detokenizer: str = "tone"):
     if model_dir:
-        from funaudiochat.chat import load_engine
+        from funaudiochat.chat import attach_detokenizer, load_engine
 
         engine = load_engine(model_dir)
     else:
         from funaudiochat.serving.cli import _tiny_engine
 
         engine = _tiny_engine(0)
-    engine.detokenizer = ToneDetokenizer()
+    if detokenizer == "real":
+        attach_detokenizer(engine, "flow", None)
+    else:
+        engine.detokenizer = ToneDetokenizer()
     return engine
+
+
+def question_audio(text: str | None, seconds: float) -> bytes:
+    """PCM16 at 16 kHz: ``text`` spoken by piper, or ``seconds`` of noise."""
+    if text:
+        from funaudiochat.speech.tts import create_engine
+
+        wave, _ = create_engine("piper").synthesize(text)
+    else:
+        wave = np.random.default_rng(0).standard_normal(int(16000 * seconds)) * 0.1
+    return (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=2, help="turns per session (default 2)")
     p.add_argument("--question-seconds", type=float, default=2.0)
     p.add_argument("--reply-seconds", type=float, default=4.0, help="reply length cap (default 4 s = 20 steps)")
+    p.add_argument("--question-text", help="speak this question with piper instead of sending noise")
+    p.add_argument("--detokenizer", choices=["tone", "real"], default="tone",
+                   help="tone: a cheap stand-in (measures the server); real: the shipped codec + HiFi-GAN")
+    p.add_argument("--max-batch", type=int, default=8, help="server's decoding batch cap (1: no batching)")
     p.add_argument("--json", help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    engine = build_engine(args.model)
-    rng = np.random.default_rng(0)
-    question = (rng.standard_normal(int(16000 * args.question_seconds)) * 0.1 * 32767).astype("<i2").tobytes()
+    engine = build_engine(args.model, args.detokenizer)
+    question = question_audio(args.question_text, args.question_seconds)
     rows = []
-    settings = ServerSettings(max_sessions=max(args.sessions) + 1, max_output_seconds=max(60.0, args.reply_seconds))
+    settings = ServerSettings(max_sessions=max(args.sessions) + 1, max_output_seconds=max(60.0, args.reply_seconds),
+                              max_batch=args.max_batch)
     with BackgroundServer(engine, settings) as srv:
         for n in args.sessions:
             row = asyncio.run(run_level(srv.ws_url, n, question, args.turns, args.reply_seconds))
