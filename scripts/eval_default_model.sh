@@ -2,10 +2,11 @@
 # The results tables of docs/default-model.md and docs/evaluation.md: `funaudiochat eval` over the
 # build's stage checkpoints and the shipped model, on dev items the build never trained on.
 #
-#   bash scripts/eval_default_model.sh WORK_DIR RESULTS_DIR [N]
+#   bash scripts/eval_default_model.sh WORK_DIR RESULTS_DIR [N] [M]
 #
 # WORK_DIR is the `build-default --work` folder (run with --ablation-no-merge for the ablation rows);
-# N items per set (default 100). Every run resumes, so rerunning after an interruption is cheap.
+# N items per QA set (default 100; S2S_N=40 with speech out), M per other set (default 20). Every run
+# resumes, so rerunning after an interruption is cheap.
 set -euo pipefail
 work=${1:?work dir of build-default}; out=${2:?results folder}; n=${3:-100}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -29,12 +30,16 @@ funaudiochat eval-report "$out"/text_{base,stage1,merged,stage2,dpo} --out "$out
 [ -d "$out/text_nomerge_dpo" ] && funaudiochat eval-report "$out"/text_{base,stage1,nomerge_stage2,nomerge_dpo} \
   --out "$out/text_by_stage_nomerge.md"
 
-# 2. The shipped model (fp16 package): spoken QA in every mode, ASR-WER of the spoken answers.
-funaudiochat eval --model default --sets $qa --modes text,s2t,s2s --max-seconds 8 --name shipped \
+# 2. The shipped model (fp16 package): spoken QA with text out, then with speech out (fewer items:
+#    each spoken answer is synthesized and transcribed) and the ASR-WER of the spoken answers.
+funaudiochat eval --model default --sets $qa --modes text,s2t --max-seconds 8 --name shipped \
   --tts-cache "$out/tts" --out "$out/shipped_qa" "${common[@]}"
+funaudiochat eval --model default --sets $qa --modes s2s --max-seconds 8 --name shipped_s2s \
+  --tts-cache "$out/tts" --out "$out/shipped_qa_s2s" --exclude-ids "$work/questions.jsonl" --limit "${S2S_N:-40}" \
+  --no-progress --batch-size 8
 
 # 3. Every other dev set that runs offline, text and speech in (fewer items: CPU time).
-m=${4:-30}
+m=${4:-20}
 funaudiochat eval --model default --sets openbookqa,mmlu_pro_mmsu_domains,ifeval,advbench,alpaca_eval,bfcl,speechfc_bfcl_single,acebench_en,acebench_zh,librispeech_test_clean \
   --modes text,s2t --max-seconds 20 --name shipped --tts-cache "$out/tts" --out "$out/shipped_other" \
   --exclude-ids "$work/questions.jsonl" --limit "$m" --no-progress --batch-size 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import logging
 import shutil
 import stat
@@ -171,3 +172,55 @@ def test_mp3_through_soundfile(tmp_path):
     x = load_audio(path)
     assert x.dtype == np.float32 and abs(x.size - 16_000) <= 1200  # MP3 adds encoder delay/padding
     assert 0.3 < np.max(np.abs(x)) < 0.7
+
+
+FAKE_FFMPEG = r'''#!{python}
+"""Stand-in for ffmpeg: decodes b"FAKEAUDIO" payloads to a 440 Hz tone, fails on anything else."""
+import math, struct, sys
+args = sys.argv[1:]
+open({log!r}, "a").write(" ".join(args) + "\n")
+src = args[args.index("-i") + 1]
+data = sys.stdin.buffer.read() if src == "pipe:0" else open(src, "rb").read()
+if not data.startswith(b"FAKEAUDIO"):
+    sys.stderr.write("[in#0] Error opening input\nInvalid data found when processing input\n")
+    sys.exit(1)
+rate = int(args[args.index("-ar") + 1])
+n = rate // 2
+sys.stdout.buffer.write(struct.pack("<%df" % n, *(0.5 * math.sin(2 * math.pi * 440 * i / rate) for i in range(n))))
+'''
+
+
+@pytest.fixture
+def fake_ffmpeg(tmp_path, monkeypatch):
+    import sys
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "ffmpeg_args.log"
+    exe = bindir / "ffmpeg"
+    exe.write_text(FAKE_FFMPEG.format(python=sys.executable, log=str(log)))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return log
+
+
+def test_other_formats_go_through_ffmpeg(fake_ffmpeg, tmp_path):
+    audio = load_audio(b"FAKEAUDIO m4a payload", name="upload.m4a")
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)
+    assert audio.dtype == np.float32 and audio.shape == (8000,)
+    np.testing.assert_allclose(audio, expected, atol=1e-6)
+    args = fake_ffmpeg.read_text().split()
+    assert args[args.index("-i") + 1] == "pipe:0"
+    assert args[args.index("-ac") + 1] == "1" and args[args.index("-ar") + 1] == "16000"
+    assert args[args.index("-f") + 1] == "f32le"
+    path = tmp_path / "question.m4a"
+    path.write_bytes(b"FAKEAUDIO from a file")
+    assert load_audio(path).shape == (8000,)
+    assert str(path) in fake_ffmpeg.read_text()
+
+
+def test_ffmpeg_failure_names_the_file_and_ffmpegs_reason(fake_ffmpeg, tmp_path):
+    path = tmp_path / "broken.m4a"
+    path.write_bytes(b"\x00\x01 not audio" * 20)
+    with pytest.raises(AudioError, match=r"broken.m4a: ffmpeg could not decode it: Invalid data found when processing input"):
+        load_audio(path)
