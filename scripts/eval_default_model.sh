@@ -38,6 +38,21 @@ funaudiochat eval --model default --sets $qa --modes s2s --max-seconds 8 --name 
   --tts-cache "$out/tts" --out "$out/shipped_qa_s2s" --exclude-ids "$work/questions.jsonl" --limit "${S2S_N:-40}" \
   --no-progress --batch-size 8
 
+# 2b. Transcription of real human speech: LLaMA-Questions' recordings, with the question as the
+#     reference (a set in the benchmark JSONL format, derived here; no code knows about it).
+data=${FUNAUDIOCHAT_BENCHDATA:-$(dirname "$0")/../../shared/benchdata}
+mkdir -p "$out/sets/llama_questions_asr"
+python3 - "$data/llama_questions/dev.jsonl" "$out/sets/llama_questions_asr/dev.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
+with open(sys.argv[2], "w", encoding="utf-8") as f:
+    for r in rows:
+        f.write(json.dumps({"id": r["id"], "reference": r["question"], "audio_file": r["audio_file"],
+                            "source": "LLaMA-Questions recordings, question text as the reference"}) + "\n")
+PY
+funaudiochat eval --model default --sets llama_questions_asr --modes s2t --data-root "$out/sets" \
+  --audio-root "$data/llama_questions" --name shipped --out "$out/shipped_asr" --limit "$n" --no-progress --batch-size 16
+
 # 3. Every other dev set that runs offline, text and speech in (fewer items: CPU time).
 m=${4:-20}
 funaudiochat eval --model default --sets openbookqa,mmlu_pro_mmsu_domains,ifeval,advbench,alpaca_eval,bfcl,speechfc_bfcl_single,acebench_en,acebench_zh,librispeech_test_clean \

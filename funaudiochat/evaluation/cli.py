@@ -36,7 +36,8 @@ def format_table(summary: Sequence[SetSummary]) -> str:
 def _read_ids(path: str) -> frozenset[str]:
     """Ids from a JSONL file (each line's ``id``) or a text file (one id per line)."""
     ids = set()
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: JSON strings may hold U+2028 and other characters splitlines() breaks on
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
         line = line.strip()
         if not line:
             continue

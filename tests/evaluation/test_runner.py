@@ -348,7 +348,7 @@ def test_llama_questions_uses_its_real_recordings(model_dir, engine, tmp_path):
 
 def test_cli_exclude_ids_skips_trained_items_before_the_limit(model_dir, data_root, tmp_path, capsys):
     ids = tmp_path / "trained.jsonl"
-    ids.write_text('{"id": "qa_0", "text": "seen in training"}\n\n')
+    ids.write_text('{"id": "qa_0", "text": "a line separator \u2028 inside a string"}\n\n', encoding="utf-8")
     common = ["--model", str(model_dir), "--sets", "qa", "--modes", "text", "--data-root", str(data_root),
               "--max-seconds", str(FAST), "--no-progress", "--limit", "1"]
     assert _cli(["eval", *common, "--exclude-ids", str(ids), "--out", str(tmp_path / "a")]) == 0
