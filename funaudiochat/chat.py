@@ -357,7 +357,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the spoken answer here as a wav")
     p.add_argument("--model", default=DEFAULT_MODEL, help="'default' or a model directory")
     p.add_argument("--voice", default="joe", help="voice of the spoken answer")
-    p.add_argument("--max-seconds", type=float, default=15.0, help="longest spoken answer")
+    p.add_argument("--max-seconds", type=float, default=8.0, help="longest spoken answer")
     p.add_argument("--toy", action="store_true", help="train and ask a toy model instead (no shipped weights needed)")
     p.add_argument("--steps", type=int, default=200, help="--toy: training steps")
     p.set_defaults(func=cmd_demo)

