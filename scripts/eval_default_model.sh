@@ -58,3 +58,13 @@ m=${4:-20}
 funaudiochat eval --model default --sets openbookqa,mmlu_pro_mmsu_domains,ifeval,advbench,alpaca_eval,bfcl,speechfc_bfcl_single,acebench_en,acebench_zh,librispeech_test_clean \
   --modes text,s2t --max-seconds 20 --name shipped --tts-cache "$out/tts" --out "$out/shipped_other" \
   --exclude-ids "$work/questions.jsonl" --limit "$m" --no-progress --batch-size 16
+
+# 4. Speech out on the other sets (5 items each), and AlpacaEval scored by a local judge: the
+#    SmolLM2 backbone itself (an approximation of AlpacaEval's GPT-4 judge, and a weak one).
+judge=$(python3 -c "from funaudiochat.pretrained import smollm2_backbone_dir; print(smollm2_backbone_dir())")
+funaudiochat eval --model default --sets openbookqa,mmlu_pro_mmsu_domains,ifeval,advbench,bfcl,speechfc_bfcl_single,acebench_en \
+  --modes s2s --max-seconds 12 --name shipped_s2s --tts-cache "$out/tts" --out "$out/shipped_other_s2s" \
+  --exclude-ids "$work/questions.jsonl" --limit "${S2S_OTHER_N:-5}" --no-progress --batch-size 8
+funaudiochat eval --model default --sets alpaca_eval --modes text,s2t,s2s --max-seconds 12 --judge "$judge" \
+  --name shipped_judged --tts-cache "$out/tts" --out "$out/shipped_alpaca" --exclude-ids "$work/questions.jsonl" \
+  --limit "$m" --no-progress --batch-size 8

@@ -28,11 +28,18 @@ def trained_engine() -> Engine:
     written = [Message("system", SYSTEM), Message("user", "what is two plus two ?"), Message("assistant", "four")]
     batch = proc.collate([proc.encode(spoken), proc.encode(written)])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    # One thread: the float summation order, and so the replies to inputs it was not trained on
+    # (which some tests count steps of), must not depend on the machine's thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(150):
+            loss = model(**batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return Engine(model, proc)
 
 
