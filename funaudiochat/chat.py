@@ -58,20 +58,18 @@ def load_engine(model_dir: str | None = DEFAULT_MODEL, dtype: str = "float32"):
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
     from funaudiochat.processing import FunAudioChatProcessor
 
+    t = time.perf_counter()
     if model_dir in (None, DEFAULT_MODEL):
         from funaudiochat.default_model.package import load_default_model
 
-        t = time.perf_counter()
         model, tokenizer = load_default_model()
-        model = model.to(getattr(torch, dtype))
-        logger.info("loaded the embedded model funaudiochat-tiny in %.1f s", time.perf_counter() - t)
-        return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"error: {model_dir} is not a model directory (no config.json)")
-    t = time.perf_counter()
-    model = FunAudioChatForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+        model, model_dir = model.to(getattr(torch, dtype)), "the embedded model funaudiochat-tiny"
+    else:
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"error: {model_dir} is not a model directory (no config.json)")
+        model = FunAudioChatForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(path)
     logger.info("loaded %s in %.1f s", model_dir, time.perf_counter() - t)
     return Engine(model, FunAudioChatProcessor(tokenizer, model.config))
 
@@ -148,18 +146,23 @@ def user_message(audio: str | None, text: str | None):
     return Message("user", text=text or None, audio=wave)
 
 
+def save_answer_wav(end, path: str, sample_rate: int) -> None:
+    """Write the reply's streamed audio chunks (``end.audio``, kept by :func:`run_turn`) as one wav."""
+    import numpy as np
+
+    from funaudiochat.audio.io import save_wav
+
+    audio = np.concatenate([c.audio for c in end.audio]) if end.audio else np.zeros(0, dtype=np.float32)
+    save_wav(path, audio, sample_rate)
+    logger.warning("wrote %.1f s of speech to %s", len(audio) / sample_rate, path)
+
+
 def write_outputs(end, args: argparse.Namespace, engine) -> None:
     if args.tokens_out:
         Path(args.tokens_out).write_text(json.dumps({"text": end.text, "speech_tokens": end.speech_tokens}))
         logger.info("wrote speech tokens to %s", args.tokens_out)
     if args.out:
-        import numpy as np
-
-        from funaudiochat.audio.io import save_wav
-
-        audio = np.concatenate([c.audio for c in end.audio]) if end.audio else np.zeros(0, dtype=np.float32)
-        save_wav(args.out, audio, engine.detokenizer.sample_rate)
-        logger.warning("wrote %.1f s of speech to %s", len(audio) / engine.detokenizer.sample_rate, args.out)
+        save_answer_wav(end, args.out, engine.detokenizer.sample_rate)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -277,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     conv = engine.conversation(system_prompt=system_prompt("s2s"), seed=0)
     end = run_turn(engine, conv, Message("user", audio=question), options)
     if args.out:
-        write_outputs(end, argparse.Namespace(out=args.out, tokens_out=None), engine)
+        save_answer_wav(end, args.out, engine.detokenizer.sample_rate)
     logger.warning("done in %.1f s", time.perf_counter() - t0)
     return 0
 
@@ -331,13 +334,7 @@ def _toy_demo(args: argparse.Namespace) -> int:
     if args.out:
         if detokenizer is None:
             raise SystemExit("error: --out needs the shipped speech codec (pip install -e '.[all]')")
-        import numpy as np
-
-        from funaudiochat.audio.io import save_wav
-
-        wave = np.concatenate([c.audio for c in end.audio]) if end.audio else np.zeros(0, dtype=np.float32)
-        save_wav(args.out, wave, detokenizer.sample_rate)
-        logger.warning("wrote the spoken answer (%.1f s) to %s", len(wave) / detokenizer.sample_rate, args.out)
+        save_answer_wav(end, args.out, detokenizer.sample_rate)
     return 0
 
 
