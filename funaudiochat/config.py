@@ -140,6 +140,9 @@ class FunAudioChatConfig(PretrainedConfig):
     #: The official training code halves user-audio features too (averaging them with a zeroed text
     #: embedding) while inference does not; False keeps training and inference consistent.
     halve_user_audio_in_training: bool = False
+    #: Full-duplex settings (``funaudiochat.duplex.model.enable_duplex``); when set the model has an
+    #: action head (``duplex_head``).  None for half-duplex models.
+    duplex: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

@@ -103,6 +103,11 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         self.audio_tower = SpeechTokenGrouping(audio)
         self.audio_invert_tower = SpeechRefinedHead(audio) if audio.enable_audio_invert_tower else None
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        # Full duplex only (docs/duplex.md): one logit per action of the 5 Hz clock.
+        self.duplex_head = (
+            torch.nn.Linear(config.text_config.hidden_size, len(config.duplex["actions"]))
+            if config.duplex else None
+        )
         self.post_init()
 
     # ------------------------------------------------------------------ plumbing
@@ -308,13 +313,9 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
                     (hidden.shape[0], hidden.shape[1] * k), ignore, dtype=torch.long, device=hidden.device
                 )
             prev, targets = srh_teacher_inputs(speech_labels, k, ignore)
-            conditions = self.audio_invert_tower.condition(hidden, text_embeds)
-            srh_mask = None if attention_mask is None else attention_mask.repeat_interleave(k, dim=1)
-            speech_logits, _ = self.audio_invert_tower(conditions, prev, attention_mask=srh_mask)
-            if has_speech_targets:
-                speech_loss = F.cross_entropy(
-                    speech_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore
-                )
+            speech_logits, speech_loss = self.refined_speech(
+                hidden, text_embeds, prev, targets if has_speech_targets else None, attention_mask
+            )
 
         loss = None
         if text_loss is not None:
@@ -331,6 +332,30 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
             cache=out.cache if use_cache else None,
             last_hidden_state=hidden,
         )
+
+    def refined_speech(
+        self,
+        hidden: torch.Tensor,
+        text_embeds: torch.Tensor,
+        prev_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced Speech Refined Head: logits [B, kL, V] and, with ``targets``, their loss.
+
+        ``hidden`` [B, L, H] are backbone states, ``text_embeds`` [B, L, H] the text embeddings the
+        head is conditioned on, ``prev_ids``/``targets`` [B, kL] the previous and the target speech id
+        of every sub-frame (``ignore_index`` where there is none; see ``srh_teacher_inputs``) and
+        ``attention_mask`` [B, L] the backbone positions' mask.
+        """
+        conditions = self.audio_invert_tower.condition(hidden, text_embeds)
+        srh_mask = None if attention_mask is None else attention_mask.repeat_interleave(self.group_size, dim=1)
+        logits, _ = self.audio_invert_tower(conditions, prev_ids, attention_mask=srh_mask)
+        loss = None
+        if targets is not None:
+            ignore = self.config.ignore_index
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore)
+        return logits, loss
 
     # ------------------------------------------------------------------ loading
     @classmethod

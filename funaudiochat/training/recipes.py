@@ -1,6 +1,6 @@
 """Training recipes: one YAML file per stage, checked against a typed schema before anything runs.
 
-A recipe names the model to start from, the data, the stage type (``sft`` or ``dpo``), which modules
+A recipe names the model to start from, the data, the stage type (``sft``, ``dpo`` or ``duplex``), which modules
 train, the optimiser/schedule knobs and where output goes.  The schema is a tree of dataclasses;
 :func:`recipe_from_dict` walks it and reports *every* unknown key (with a "did you mean") and every
 wrong type, with the dotted path of the field, in one :class:`RecipeError`.
@@ -148,6 +148,15 @@ class DPOSection:
 
 
 @dataclass
+class DuplexSection:
+    """Weights of the full-duplex losses (docs/duplex.md): loss = sum of weight * part."""
+
+    action_weight: float = 1.0
+    text_weight: float = 1.0
+    speech_weight: float = 1.0
+
+
+@dataclass
 class OutputSection:
     dir: str = "runs/unnamed"
     #: Save a resumable checkpoint every N optimizer steps (0: never).
@@ -162,12 +171,13 @@ class OutputSection:
 @dataclass
 class Recipe:
     name: str
-    stage: Literal["sft", "dpo"]
+    stage: Literal["sft", "dpo", "duplex"]
     model: ModelSection
     data: DataSection
     train: TrainSection = field(default_factory=TrainSection)
     optim: OptimSection = field(default_factory=OptimSection)
     dpo: DPOSection = field(default_factory=DPOSection)
+    duplex: DuplexSection = field(default_factory=DuplexSection)
     output: OutputSection = field(default_factory=OutputSection)
 
     @property
@@ -336,6 +346,9 @@ def _check_values(recipe: Recipe) -> list[str]:
         p.append(f"dpo.beta: must be > 0, got {recipe.dpo.beta}")
     if not 0 <= recipe.dpo.label_smoothing < 0.5:
         p.append(f"dpo.label_smoothing: must be in [0, 0.5), got {recipe.dpo.label_smoothing}")
+    for name in ("action_weight", "text_weight", "speech_weight"):
+        if getattr(recipe.duplex, name) < 0:
+            p.append(f"duplex.{name}: must be >= 0, got {getattr(recipe.duplex, name)}")
     if out.save_every < 0:
         p.append(f"output.save_every: must be >= 0, got {out.save_every}")
     if out.keep_last < 1:

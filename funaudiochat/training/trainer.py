@@ -1,4 +1,4 @@
-"""One training loop for every stage (pre-alignment, Core-Cocktail SFT, DPO) on Hugging Face Accelerate.
+"""One training loop for every stage (pre-alignment, Core-Cocktail SFT, DPO, duplex) on Hugging Face Accelerate.
 
 Data order.  Each optimizer step consumes one *global batch* of ``batch_size * grad_accum * processes``
 sample indices from a :class:`ResumableSampler` (one seeded permutation per epoch, same on every
@@ -265,6 +265,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     )
 
     t, out_dir, is_dpo = recipe.train, recipe.output_dir, recipe.stage == "dpo"
+    is_duplex = recipe.stage == "duplex"
     accelerator = Accelerator(
         gradient_accumulation_steps=t.grad_accum,
         mixed_precision=t.mixed_precision,
@@ -284,14 +285,29 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     sharded = _is_sharded(accelerator)
     if sharded and t.lora is not None:
         raise ValueError("train.lora with DeepSpeed/FSDP is not supported by this trainer; use DDP")
+    if sharded and is_duplex:
+        raise ValueError("the duplex stage with DeepSpeed/FSDP is not supported by this trainer; use DDP")
 
     # Data first: a bad record must stop the run before the (possibly slow) model load.
-    records = load_records(recipe.data.train, recipe.stage, recipe.data.audio_root, recipe.data.allowed_tasks)
+    if is_duplex:
+        from funaudiochat.duplex import batch as duplex_batch
+        from funaudiochat.duplex.model import DuplexForward, enable_duplex
+
+        records = duplex_batch.load_duplex_records(recipe.data.train, recipe.data.audio_root)
+    else:
+        records = load_records(recipe.data.train, recipe.stage, recipe.data.audio_root, recipe.data.allowed_tasks)
     set_seed(t.seed, device_specific=True)
     model, tokenizer = build_model(recipe.model)
+    if is_duplex:
+        enable_duplex(model)  # a half-duplex starting point gets a fresh action head; a duplex one keeps its own
     config = model.config
     processor = FunAudioChatProcessor(tokenizer, config)
-    dataset = ConversationDataset(records, processor, recipe.stage, recipe.data.max_audio_seconds)
+    if is_duplex:
+        collate = duplex_batch.DuplexCollator(processor)
+        dataset = duplex_batch.DuplexDataset(records, collate, recipe.data.max_audio_seconds)
+    else:
+        collate = DPOCollator(processor) if is_dpo else SFTCollator(processor)
+        dataset = ConversationDataset(records, processor, recipe.stage, recipe.data.max_audio_seconds)
     world, rank = accelerator.num_processes, accelerator.process_index
     steps = total_steps(recipe, len(dataset), world)
     global_batch = t.batch_size * t.grad_accum * world
@@ -325,6 +341,9 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     elif resume and latest is None:
         logger.warning("--resume: no checkpoint in %s; starting from scratch", ckpt_root)
 
+    if is_duplex:  # the duplex objective runs through __call__ so that DDP and autocast see it
+        d = recipe.duplex
+        model = DuplexForward(model, d.action_weight, d.text_weight, d.speech_weight)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -343,7 +362,6 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     if main:
         dump_recipe(recipe, out_dir / "recipe.yaml")
     log = MetricsLog(out_dir, step, recipe.output.tensorboard) if main else None
-    collate = DPOCollator(processor) if is_dpo else SFTCollator(processor)
     loader = DataLoader(
         dataset,
         batch_sampler=RankBatchSampler(sampler, steps - step, t.batch_size, t.grad_accum, rank, world),
@@ -364,6 +382,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
         started = time.perf_counter()
         # loss, text_sum, text_n, speech_sum, speech_n, tokens (summed over micro-batches)
         sums = torch.zeros(6, dtype=torch.float64)
+        action_sums = torch.zeros(3, dtype=torch.float64)  # duplex: action loss, correct steps, steps
         dpo_metrics: list[dict[str, torch.Tensor]] = []
         dpo_tasks: list[str | None] = []
         grad_norm = None
@@ -393,6 +412,10 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
             if out.speech_loss is not None:
                 sums[3] += float(out.speech_loss.detach())
                 sums[4] += 1
+            if is_duplex:
+                action_sums += torch.tensor(
+                    [float(out.action_loss.detach()), float(out.action_correct), float(out.action_steps)]
+                )
         scheduler.step()
         draw(sampler, global_batch)
         step += 1
@@ -411,6 +434,10 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
         }
         if is_dpo:
             row.update(_dpo_row(accelerator, dpo_metrics, dpo_tasks, recipe, gather_object))
+        if is_duplex:
+            action_sums = accelerator.reduce(action_sums.to(device), reduction="sum").cpu()
+            row["action_loss"] = float(action_sums[0] / (t.grad_accum * world))
+            row["action_accuracy"] = float(action_sums[1] / action_sums[2]) if action_sums[2] else None
         if main and (step % recipe.output.log_every == 0 or step == steps):
             log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
@@ -422,7 +449,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
             else:
                 if main:
                     ckpt.save_checkpoint(
-                        ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler, sampler,
+                        ckpt_root, step, _unwrap(accelerator, model), optimizer, scheduler, sampler,
                         extra=extra, keep_last=recipe.output.keep_last,
                     )
                 accelerator.wait_for_everyone()
@@ -433,7 +460,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
 
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model) if sharded else None
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = _unwrap(accelerator, model)
     if t.lora is not None and t.lora.merge_at_end:
         merge_lora_adapters(unwrapped)
     if t.gradient_checkpointing:
@@ -447,6 +474,14 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out_dir, final_dir, step, out_dir / METRICS_NAME, latest)
+
+
+def _unwrap(accelerator, model) -> torch.nn.Module:
+    """The FunAudioChat model under the DDP/compile wrappers and the duplex training adapter."""
+    inner = accelerator.unwrap_model(model)
+    from funaudiochat.duplex.model import DuplexForward
+
+    return inner.model if isinstance(inner, DuplexForward) else inner
 
 
 def _check_resume(state: dict, extra: dict, path: Path) -> None:
