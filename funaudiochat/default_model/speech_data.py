@@ -49,8 +49,12 @@ class SpeechData:
     n_dpo: int
 
 
-def _h(*parts: object) -> int:
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of ``parts`` that is the same in every process (sha1; Python's ``hash`` is salted)."""
     return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode("utf-8")).digest()[:8], "big")
+
+
+_h = stable_hash
 
 
 def question_voice(qid: str) -> tuple[str, str, float]:
@@ -65,12 +69,16 @@ def question_voice(qid: str) -> tuple[str, str, float]:
     return "espeak", voices[(h >> 16) % len(voices)], speed
 
 
-def _safe(qid: str) -> str:
+def safe_name(qid: str) -> str:
+    """``qid`` as a file name: every character but letters, digits, ``-`` and ``_`` becomes ``_``."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in qid)
 
 
-class _Engines:
-    """TTS engines created on first use (piper takes a moment to load)."""
+_safe = safe_name
+
+
+class TTSEngines:
+    """TTS engines by name, each created on first use (piper takes a moment to load)."""
 
     def __init__(self) -> None:
         self._engines: dict = {}
@@ -83,7 +91,16 @@ class _Engines:
         return self._engines[name]
 
 
-def _speak(engines: _Engines, path: Path, text: str, engine: str, voice: str, speed: float):
+_Engines = TTSEngines
+
+
+def speak_cached(engines: TTSEngines, path: Path, text: str, engine: str, voice: str, speed: float):
+    """``text`` spoken by ``engine``/``voice`` at ``speed`` as 16 kHz float32, cached in the wav ``path``.
+
+    An existing file is read instead of synthesizing; a new one is written atomically, so a killed run
+    never leaves a truncated wav that a rerun would trust.  The first call returns the synthesized
+    samples, later ones the 16-bit samples read back from the file.
+    """
     from funaudiochat.speech.audio import load_audio, write_wav_atomic
 
     if path.is_file():
@@ -91,6 +108,9 @@ def _speak(engines: _Engines, path: Path, text: str, engine: str, voice: str, sp
     audio, sr = engines.get(engine).synthesize(text, voice=voice, speed=speed)
     write_wav_atomic(path, audio, sr)
     return audio
+
+
+_speak = speak_cached
 
 
 def _read_tokens(path: Path) -> dict[str, list[int]]:
@@ -144,7 +164,7 @@ def build_speech_data(
     data = Path(work_dir) / "data"
     wav = data / "wav"
     wav.mkdir(parents=True, exist_ok=True)
-    engines = _Engines()
+    engines = TTSEngines()
     tok_path = data / "answer_tokens.jsonl"
     tokens = _read_tokens(tok_path)
     sft, dpo = [], []
