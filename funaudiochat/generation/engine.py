@@ -28,7 +28,13 @@ from transformers import DynamicCache
 
 from funaudiochat.generation.cache import PackedCache, merge_caches, split_cache
 from funaudiochat.generation.events import AudioChunk, EndOfTurn, Event, SpeechTokens, TextDelta
-from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING, GREEDY, SamplingConfig, sample_token
+from funaudiochat.generation.sampling import (
+    DEFAULT_SPEECH_SAMPLING,
+    GREEDY,
+    SamplingConfig,
+    sample_speech_token,
+    sample_token,
+)
 from funaudiochat.generation.state import Conversation
 from funaudiochat.generation.tools import tool_calls_from_text
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
@@ -433,8 +439,9 @@ class Turn:
                 elif self.options.force_delay and row.groups < delay_groups:
                     tok = a.bos_token_id
                 else:
-                    history = torch.tensor(row.speech[-50:], dtype=torch.long, device=dev)
-                    tok = sample_token(logits[i, 0], self.options.speech_sampling, row.conv.generator, history, self.ban_speech)
+                    tok = sample_speech_token(
+                        logits[i, 0], self.options.speech_sampling, row.conv.generator, row.speech, self.ban_speech
+                    )
                     if tok == a.eos_token_id:
                         ended[i] = True
                 groups[i].append(tok)

@@ -6,6 +6,7 @@ Text and speech each get their own :class:`SamplingConfig`; randomness comes fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,10 @@ class SamplingConfig:
 #: The released model's demo settings for speech: sampled, with a repetition penalty.
 DEFAULT_SPEECH_SAMPLING = SamplingConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.2)
 GREEDY = SamplingConfig()
+
+#: Speech tokens that the repetition penalty looks back on (2 s at 25 Hz): a speech token repeats
+#: naturally over longer spans, so the penalty only discourages short loops.
+SPEECH_HISTORY = 50
 
 
 def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -82,3 +87,19 @@ def sample_token(
     if generator is not None:  # a conversation's generator lives on the CPU; the logits may be on a GPU
         probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_speech_token(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    spoken: Sequence[int],
+    banned: torch.Tensor | None = None,
+) -> int:
+    """Pick the next speech token of a reply from the SRH's [V] logits.
+
+    ``spoken`` is the reply's real speech tokens so far; only the last :data:`SPEECH_HISTORY` of them
+    feed the repetition penalty.  Shared by the half- and full-duplex engines so both sample alike.
+    """
+    history = torch.tensor(list(spoken[-SPEECH_HISTORY:]), dtype=torch.long, device=logits.device)
+    return sample_token(logits, config, generator, history, banned)
