@@ -11,9 +11,9 @@ same thing: the encoder runs on the last (at most) 2 s of audio ending at the en
 an utterance of its own, and the last five 25 Hz frames of that window are averaged.  Nothing after
 step ``t`` can reach ``U[t]``.  Windows of equal length are encoded together, one encoder call per
 length (all windows after the first 2 s have the same length), so a whole record costs a handful of
-calls while every window is still computed at exactly the shape it has when streamed; on the CPU
-(where it is tested) a step's result does not even depend on how many steps are computed together.
-GPU kernels may differ in the last bits between batch sizes.
+calls while every window is still computed at exactly the shape it has when streamed.  A step's
+result depends on how many steps are computed together only through float rounding (BLAS blocking
+differs between batch sizes when several threads run; the tests allow 1e-5).
 
 :func:`duplex_forward` is the teacher-forced training pass (action, text and speech losses) over the
 batches of :mod:`funaudiochat.duplex.batch`.
@@ -172,9 +172,8 @@ def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor]) -> torch.
                     f"a {windows[chunk[0]].numel()}-sample window gave {n} encoder frames, fewer than {FRAMES_PER_STEP}"
                 )
             # The projection is affine, so it commutes with the mean.  Applying it to the five frames
-            # keeps every matrix product at >= 5 rows, which makes a window's result independent of
-            # how many windows share the call (CPU BLAS takes other paths for 1-3 rows), so streaming
-            # one step at a time reproduces training bit for bit there.
+            # keeps every matrix product at >= 5 rows (CPU BLAS takes other paths for 1-3 rows), which
+            # keeps streaming one step at a time within float rounding of training.
             last = model.audio_tower.continual_output_matching(frames[:, n - FRAMES_PER_STEP : n])
             pooled.append(last.mean(dim=1))
             order.extend(chunk)
