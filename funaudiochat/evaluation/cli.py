@@ -1,4 +1,4 @@
-"""``funaudiochat eval`` and ``funaudiochat eval-report``.
+"""``funaudiochat eval`` and ``funaudiochat eval-report`` (``eval-duplex`` lives in ``evaluation/duplex.py``).
 
 The result table goes to stdout; logs and tqdm progress go to stderr.
 """
@@ -33,7 +33,7 @@ def format_table(summary: Sequence[SetSummary]) -> str:
     return "\n".join(lines)
 
 
-def _read_ids(path: str) -> frozenset[str]:
+def read_ids(path: str) -> frozenset[str]:
     """Ids from a JSONL file (each line's ``id``) or a text file (one id per line)."""
     ids = set()
     # split on "\n" only: JSON strings may hold U+2028 and other characters splitlines() breaks on
@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
         tts_cache=Path(args.tts_cache) if args.tts_cache else None, tts_max_wer=args.tts_max_wer, judge=args.judge,
         detokenizer=args.detokenizer, detokenizer_path=args.detokenizer_path, dtype=args.dtype,
         device=args.device, seed=args.seed, run_name=args.name, save_audio=args.save_audio,
-        progress=not args.no_progress, exclude_ids=_read_ids(args.exclude_ids) if args.exclude_ids else frozenset(),
+        progress=not args.no_progress, exclude_ids=read_ids(args.exclude_ids) if args.exclude_ids else frozenset(),
     )
     result: RunResult = EvalRunner(config).run()
     out = out or sys.stdout
@@ -89,7 +89,7 @@ def cmd_eval_report(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``eval`` and ``eval-report`` on the ``funaudiochat`` subcommands."""
+    """Register ``eval``, ``eval-report`` and ``eval-duplex`` on the ``funaudiochat`` subcommands."""
     p = sub.add_parser(
         "eval",
         help="run a model over benchmark sets and score it",
@@ -148,3 +148,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="Markdown file to write (the chart goes next to it as .png)")
     r.add_argument("--no-chart", action="store_true", help="table only")
     r.set_defaults(func=cmd_eval_report)
+
+    from funaudiochat.evaluation.duplex import add_eval_duplex_parser
+
+    add_eval_duplex_parser(sub)
