@@ -24,6 +24,7 @@ half-duplex config has no ``duplex`` and builds no head, so old checkpoints load
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "ACTIONS",
     "DuplexForward",
     "DuplexOutput",
+    "UserFeatureCache",
     "duplex_forward",
     "STEP_SAMPLES",
     "WINDOW_SECONDS",
@@ -146,8 +148,11 @@ def _window(wave: torch.Tensor, step: int) -> torch.Tensor:
     return wave[max(0, end - WINDOW_SAMPLES) : end]
 
 
-def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``U`` for each window, [N, H]: encoder on the window alone, mean of its last 5 frames."""
+def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor], project: bool = True) -> torch.Tensor:
+    """``U`` for each window, [N, H]: encoder on the window alone, mean of its last 5 frames.
+
+    ``project=False`` stops before ``continual_output_matching`` (what :class:`UserFeatureCache` keeps).
+    """
     enc = model.continuous_audio_tower
     param = next(enc.parameters())
     if not windows:
@@ -174,7 +179,9 @@ def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor]) -> torch.
             # The projection is affine, so it commutes with the mean.  Applying it to the five frames
             # keeps every matrix product at >= 5 rows (CPU BLAS takes other paths for 1-3 rows), which
             # keeps streaming one step at a time within float rounding of training.
-            last = model.audio_tower.continual_output_matching(frames[:, n - FRAMES_PER_STEP : n])
+            last = frames[:, n - FRAMES_PER_STEP : n]
+            if project:
+                last = model.audio_tower.continual_output_matching(last)
             pooled.append(last.mean(dim=1))
             order.extend(chunk)
     return torch.cat(pooled)[torch.tensor(order, device=param.device).argsort()]
@@ -219,6 +226,48 @@ def user_step_features_batch(
         out[b, : int(n)] = flat[offset : offset + int(n)]
         offset += int(n)
     return out
+
+
+class UserFeatureCache:
+    """Encoder outputs of each training conversation, kept while the encoder is frozen.
+
+    ``U[t]`` re-encodes 2 s of audio for every 200 ms step, which costs several times the backbone
+    pass of a record; with the encoder frozen that work is the same in every epoch.  The cache keeps
+    the step means before ``continual_output_matching`` (which may train), keyed by the audio's
+    hash.  The projection is then applied to the mean rather than to the five frames: equal up to
+    float rounding.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def features(self, model: nn.Module, audios: Sequence[torch.Tensor], n_steps: Sequence[int]) -> torch.Tensor:
+        """Like :func:`user_step_features_batch`, [B, max(n_steps), hidden], from the cache where possible."""
+        if len(audios) != len(n_steps):
+            raise ValueError(f"{len(audios)} waveforms but {len(n_steps)} step counts")
+        rows = []
+        for audio, n in zip(audios, n_steps):
+            wave = _as_waveform(audio)[: STEP_SAMPLES * int(n)]
+            key = (hashlib.sha1(wave.numpy().tobytes()).hexdigest(), int(n))
+            if key not in self._items:
+                windows = [_window(wave, t) for t in _step_range(wave.numel(), int(n), 0)]
+                with torch.no_grad():
+                    self._items[key] = _encode_windows(model, windows, project=False)
+            rows.append(self._items[key])
+        width = max((int(n) for n in n_steps), default=0)
+        hidden = model.config.text_config.hidden_size
+        means = rows[0].new_zeros(len(rows), width, hidden) if rows else torch.zeros(0, width, hidden)
+        for b, row in enumerate(rows):
+            means[b, : row.shape[0]] = row
+        return model.audio_tower.continual_output_matching(means)
+
+
+def encoder_frozen(model: nn.Module) -> bool:
+    """Whether no parameter of the speech encoder trains (the condition for :class:`UserFeatureCache`)."""
+    return not any(p.requires_grad for p in model.continuous_audio_tower.parameters())
 
 
 def step_inputs(
@@ -282,12 +331,14 @@ def duplex_forward(
     action_weight: float = 1.0,
     text_weight: float = 1.0,
     speech_weight: float = 1.0,
+    feature_cache: UserFeatureCache | None = None,
 ) -> DuplexOutput:
     """Teacher-forced duplex pass over a batch of ``funaudiochat.duplex.batch.DuplexCollator``.
 
     Each row is its system prompt followed by one position per step (``step_inputs``); the hidden
     state of step ``t`` gives the action, the text token and, through the Speech Refined Head
     conditioned on it and on the embedding of that text token, the 5 speech tokens of step ``t``.
+    ``feature_cache`` is used only while the encoder is frozen.
     """
     cfg = model.config
     k = cfg.audio_config.group_size
@@ -296,7 +347,10 @@ def duplex_forward(
     text_labels, speech_labels = batch["text_labels"], batch["speech_labels"]
     b, t = step_mask.shape
     audio = batch["user_audio"]
-    user = user_step_features_batch(model, [audio[r] for r in range(b)], n_steps.tolist())
+    if feature_cache is not None and encoder_frozen(model):
+        user = feature_cache.features(model, [audio[r] for r in range(b)], n_steps.tolist())
+    else:
+        user = user_step_features_batch(model, [audio[r] for r in range(b)], n_steps.tolist())
     if user.shape[1] < t:
         user = F.pad(user, (0, 0, 0, t - user.shape[1]))
     steps = step_inputs(model, user, batch["prev_text"], batch["prev_speech"])
@@ -368,7 +422,9 @@ class DuplexForward(nn.Module):
         super().__init__()
         self.model = model
         self.weights = (action_weight, text_weight, speech_weight)
+        self.feature_cache = UserFeatureCache()
 
     def forward(self, **batch: torch.Tensor) -> DuplexOutput:
         a, t, s = self.weights
-        return duplex_forward(self.model, batch, action_weight=a, text_weight=t, speech_weight=s)
+        return duplex_forward(self.model, batch, action_weight=a, text_weight=t, speech_weight=s,
+                              feature_cache=self.feature_cache)

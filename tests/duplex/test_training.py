@@ -228,6 +228,34 @@ def test_duplex_forward_adapter_matches_function():
     assert torch.equal(out.loss, ref.loss)
 
 
+def test_frozen_encoder_features_are_cached_and_match():
+    model = make_model().eval()
+    model.continuous_audio_tower.requires_grad_(False)
+    proc = processor(model)
+    recs = [parse_record(hand_record(), check_audio=False),
+            parse_record(hand_record() | {"id": "two", "system": "hi"}, check_audio=False)]
+    batch = DuplexCollator(proc)([(recs[0], noise(14)), (recs[1], noise(14, seed=1))])
+    calls = []
+    model.continuous_audio_tower.register_forward_pre_hook(lambda *_: calls.append(1))
+    adapter = DuplexForward(model)
+    with torch.no_grad():
+        ref = duplex_forward(model, batch)
+        first_calls = len(calls)
+        once = adapter(**batch)
+        filled = len(calls)
+        twice = adapter(**batch)
+    assert len(adapter.feature_cache) == 2
+    assert filled > first_calls and len(calls) == filled  # the second pass never ran the encoder
+    torch.testing.assert_close(once.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(twice.action_logits, ref.action_logits, atol=1e-5, rtol=1e-5)
+    # a trainable encoder is never served from the cache
+    model.continuous_audio_tower.requires_grad_(True)
+    before = len(calls)
+    with torch.no_grad():
+        adapter(**batch)
+    assert len(calls) > before
+
+
 # ----------------------------------------------------------------------------------- tiny run
 def _write_data(folder) -> None:
     rng = np.random.default_rng(0)
