@@ -10,10 +10,15 @@ logger = logging.getLogger(__name__)
 
 
 def _tiny_engine(seed: int):
-    """A random tiny model (no checkpoint needed): for trying the page and the protocol."""
+    """A random tiny model (no checkpoint needed): for trying the page and both voice protocols.
+
+    It gets an untrained duplex head so that /v1/duplex can be tried too (the head is biased towards
+    listening, so in full duplex it stays quiet); the half-duplex weights are the same as without it.
+    """
     import torch
 
     from funaudiochat.config import tiny_config
+    from funaudiochat.duplex.model import enable_duplex
     from funaudiochat.generation import Engine
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
     from funaudiochat.processing import FunAudioChatProcessor
@@ -21,7 +26,8 @@ def _tiny_engine(seed: int):
 
     torch.manual_seed(seed)
     cfg = tiny_config()
-    return Engine(FunAudioChatForConditionalGeneration(cfg), FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg))
+    model = enable_duplex(FunAudioChatForConditionalGeneration(cfg))
+    return Engine(model, FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_output_seconds=args.max_output_seconds,
         default_output_seconds=min(args.default_output_seconds, args.max_output_seconds),
         max_sessions=args.max_sessions,
+        max_duplex_sessions=args.max_duplex_sessions,
         max_http_concurrency=args.max_http_concurrency,
         max_batch=args.max_batch,
         vad_backend=args.vad,
@@ -74,15 +81,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the voice server: WebSocket voice chat, OpenAI-compatible API and a web page",
         description="Serve a model over HTTP on one port: a streaming voice protocol at /v1/realtime "
-        "(docs/serving.md), POST /v1/chat/completions and GET /v1/models in OpenAI's format, and a web "
-        "page at / with microphone capture. Binds to 127.0.0.1 unless --host says otherwise; any other "
-        "address requires --api-key.",
+        "(turn by turn), full duplex at /v1/duplex when the model has a duplex head (docs/serving.md), "
+        "POST /v1/chat/completions and GET /v1/models in OpenAI's format, and a web page at / with "
+        "microphone capture. Binds to 127.0.0.1 unless --host says otherwise; any other address requires --api-key.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="default",
                      help="checkpoint directory (config.json, safetensors, tokenizer), or 'default' for the "
                      "embedded funaudiochat-tiny (default)")
-    src.add_argument("--tiny", action="store_true", help="serve a random tiny model (for trying the protocol and page)")
+    src.add_argument("--tiny", action="store_true",
+                     help="serve a random tiny model with an untrained duplex head (for trying the protocols and page)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --tiny model (default 0)")
     p.add_argument("--model-name", help="the id reported by /v1/models (default: the directory name)")
@@ -94,6 +102,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (WebSocket: ?api_key=KEY); "
                    "mandatory off loopback; also read from $FUNAUDIOCHAT_API_KEY")
     p.add_argument("--max-sessions", type=int, default=16, help="concurrent voice sessions (default 16)")
+    p.add_argument("--max-duplex-sessions", type=int, default=4,
+                   help="of those, full-duplex sessions (/v1/duplex); each runs a model step every 200 ms (default 4)")
     p.add_argument("--max-http-concurrency", type=int, default=8, help="concurrent chat completions (default 8)")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most replies decoded together in one batch; replies that start in the same scheduler round "

@@ -1,10 +1,13 @@
-"""The ``/v1/realtime`` WebSocket protocol: message names, validation and audio framing.
+"""The ``/v1/realtime`` and ``/v1/duplex`` WebSocket protocols: message names, validation and audio framing.
 
 Kept free of any web framework so that the server, the tests, the load benchmark and the spec in
 ``docs/serving.md`` share one definition.  Client -> server: JSON text frames (control) and binary
 frames (raw PCM16 little-endian, 16 kHz, mono: user audio).  Server -> client: JSON text frames
 (events) and binary frames (raw PCM16 LE mono at the session's ``output_sample_rate``: reply audio),
 each binary frame announced by the ``response.audio.delta`` event sent just before it.
+
+``/v1/duplex`` (full duplex, :data:`DUPLEX_PROTOCOL_VERSION`) uses the same framing in both directions;
+its audio headers are ``turn.audio.delta`` events.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = "funaudiochat.realtime.v1"
+DUPLEX_PROTOCOL_VERSION = "funaudiochat.duplex.v1"
 INPUT_SAMPLE_RATE = 16000
 VAD_CHUNK = 512  # silero-vad's window at 16 kHz (32 ms)
 
@@ -29,6 +33,14 @@ CLIENT_TYPES = (
     "input_audio.clear",
     "input_text",
     "response.cancel",
+    "ping",
+)
+
+#: Client message types of ``/v1/duplex``: there are no turns to commit or cancel, the model decides.
+DUPLEX_CLIENT_TYPES = (
+    "session.update",
+    "input_audio.append",
+    "interrupt",
     "ping",
 )
 
@@ -122,19 +134,9 @@ def apply_session_update(config: SessionConfig, update: Any, max_output_seconds:
             raise ProtocolError("invalid_value", f"session.mode must be one of {list(MODES)}, got {update['mode']!r}")
         new.mode = update["mode"]
     if "voice" in update:
-        voice = update["voice"]
-        if voice is not None and not isinstance(voice, str):
-            raise ProtocolError("invalid_value", f"session.voice must be a string or null, got {voice!r}")
-        if voice and voices is not None and voice not in voices:
-            raise ProtocolError("invalid_value", f"session.voice {voice!r} is not one of {list(voices)}")
-        new.voice = voice or None
+        new.voice = _voice(update["voice"], voices)
     if "instructions" in update:
-        text = update["instructions"]
-        if text is not None and not isinstance(text, str):
-            raise ProtocolError("invalid_value", "session.instructions must be a string or null")
-        if text is not None and len(text) > 20000:
-            raise ProtocolError("invalid_value", f"session.instructions is {len(text)} characters; the limit is 20000")
-        new.instructions = text or None
+        new.instructions = _instructions(update["instructions"])
     if "turn_detection" in update:
         if update["turn_detection"] not in TURN_DETECTION:
             raise ProtocolError(
@@ -148,8 +150,7 @@ def apply_session_update(config: SessionConfig, update: Any, max_output_seconds:
     if "max_output_seconds" in update:
         new.max_output_seconds = float(_number(update["max_output_seconds"], "session.max_output_seconds", 0.2, max_output_seconds))
     if "seed" in update:
-        seed = update["seed"]
-        new.seed = None if seed is None else int(_number(seed, "session.seed", 0, 2**63 - 1, integer=True))
+        new.seed = _seed(update["seed"])
     if "text_sampling" in update:
         new.text_sampling = _sampling(update["text_sampling"], "session.text_sampling", config.text_sampling)
     if "speech_sampling" in update:
@@ -157,8 +158,85 @@ def apply_session_update(config: SessionConfig, update: Any, max_output_seconds:
     return new
 
 
-def parse_client_message(text: str) -> dict[str, Any]:
-    """Decode one JSON text frame into a dict with a known ``type``."""
+def _voice(voice: Any, voices: tuple[str, ...] | None) -> str | None:
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_value", f"session.voice must be a string or null, got {voice!r}")
+    if voice and voices is not None and voice not in voices:
+        raise ProtocolError("invalid_value", f"session.voice {voice!r} is not one of {list(voices)}")
+    return voice or None
+
+
+def _instructions(text: Any) -> str | None:
+    if text is not None and not isinstance(text, str):
+        raise ProtocolError("invalid_value", "session.instructions must be a string or null")
+    if text is not None and len(text) > 20000:
+        raise ProtocolError("invalid_value", f"session.instructions is {len(text)} characters; the limit is 20000")
+    return text or None
+
+
+def _seed(seed: Any) -> int | None:
+    return None if seed is None else int(_number(seed, "session.seed", 0, 2**63 - 1, integer=True))
+
+
+@dataclass
+class DuplexSessionConfig:
+    """What a ``/v1/duplex`` client may set with ``session.update`` before its first audio.
+
+    Only what the duplex engine uses: the system prompt, voice, seed, sampling, how the action is
+    chosen, and whether every step's action is reported.
+    """
+
+    instructions: str | None = None  # the system prompt; None = the duplex engine's default prompt
+    voice: str | None = None
+    seed: int | None = 0
+    actions: bool = False  # send an ``action`` event for every 200 ms step
+    action_temperature: float = 0.0  # 0: the most likely action; above 0: sampled
+    min_start_prob: float = 0.0  # least probability that ``start``/``backchannel`` needs to take the floor
+    max_turn_seconds: float = 30.0  # a turn running longer is stopped
+    text_sampling: Sampling = field(default_factory=Sampling)
+    speech_sampling: Sampling = field(default_factory=lambda: Sampling(0.8, 0, 0.9, 1.2))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_duplex_update(
+    config: DuplexSessionConfig, update: Any, max_turn_seconds: float, voices: tuple[str, ...] | None
+) -> DuplexSessionConfig:
+    """A new duplex config with ``update`` applied; raises :class:`ProtocolError` naming the bad field."""
+    if not isinstance(update, dict):
+        raise ProtocolError("invalid_value", f"session must be an object, got {type(update).__name__}")
+    allowed = set(DuplexSessionConfig.__dataclass_fields__)
+    unknown = sorted(set(update) - allowed)
+    if unknown:
+        raise ProtocolError("invalid_value", f"session: unknown fields {unknown}; allowed: {sorted(allowed)}")
+    new = DuplexSessionConfig(**{**asdict(config), "text_sampling": config.text_sampling,
+                                 "speech_sampling": config.speech_sampling})
+    if "instructions" in update:
+        new.instructions = _instructions(update["instructions"])
+    if "voice" in update:
+        new.voice = _voice(update["voice"], voices)
+    if "seed" in update:
+        new.seed = _seed(update["seed"])
+    if "actions" in update:
+        if not isinstance(update["actions"], bool):
+            raise ProtocolError("invalid_value", f"session.actions must be true or false, got {update['actions']!r}")
+        new.actions = update["actions"]
+    if "action_temperature" in update:
+        new.action_temperature = greedy_floor(float(_number(update["action_temperature"], "session.action_temperature", 0, 5)))
+    if "min_start_prob" in update:
+        new.min_start_prob = float(_number(update["min_start_prob"], "session.min_start_prob", 0, 1))
+    if "max_turn_seconds" in update:
+        new.max_turn_seconds = float(_number(update["max_turn_seconds"], "session.max_turn_seconds", 0.2, max_turn_seconds))
+    if "text_sampling" in update:
+        new.text_sampling = _sampling(update["text_sampling"], "session.text_sampling", config.text_sampling)
+    if "speech_sampling" in update:
+        new.speech_sampling = _sampling(update["speech_sampling"], "session.speech_sampling", config.speech_sampling)
+    return new
+
+
+def parse_client_message(text: str, types: tuple[str, ...] = CLIENT_TYPES) -> dict[str, Any]:
+    """Decode one JSON text frame into a dict whose ``type`` is one of ``types``."""
     try:
         msg = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -168,8 +246,8 @@ def parse_client_message(text: str) -> dict[str, Any]:
     kind = msg.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("invalid_message", "a message needs a string field 'type'")
-    if kind not in CLIENT_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: {list(CLIENT_TYPES)}")
+    if kind not in types:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: {list(types)}")
     return msg
 
 
@@ -197,7 +275,7 @@ def encode_pcm16(audio: np.ndarray) -> bytes:
     return (x * 32767.0).round().astype("<i2").tobytes()
 
 
-def event(kind: str, **fields: Any) -> str:
+def event(kind: str, /, **fields: Any) -> str:
     """One server event as a JSON text frame."""
     return json.dumps({"type": kind, **fields}, ensure_ascii=False, allow_nan=False)
 

@@ -1,6 +1,7 @@
-"""The ``funaudiochat serve`` application: voice WebSocket, OpenAI-compatible HTTP and the web page.
+"""The ``funaudiochat serve`` application: voice WebSockets, OpenAI-compatible HTTP and the web page.
 
-:func:`create_app` builds the FastAPI app around an :class:`~funaudiochat.generation.Engine`;
+:func:`create_app` builds the FastAPI app around an :class:`~funaudiochat.generation.Engine` (and,
+when its model has a duplex head, a :class:`~funaudiochat.duplex.engine.DuplexEngine` for ``/v1/duplex``);
 :func:`serve` runs it with uvicorn; :class:`BackgroundServer` runs it in a thread on a free loopback
 port (tests, benchmarks, notebooks).
 """
@@ -26,8 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message as ASGIMessage, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from funaudiochat.duplex.engine import DuplexEngine
 from funaudiochat.generation import Engine
 from funaudiochat.serving import protocol as P
+from funaudiochat.serving.duplex import DuplexConnection, duplex_engine_for, serve_connection
 from funaudiochat.serving.openai_api import APIError, build_router, error_response
 from funaudiochat.serving.scheduler import Scheduler
 from funaudiochat.serving.sessions import RealtimeSession, ServerState
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 _PUBLIC = ("/", "/healthz", "/favicon.ico")
+_BAD_KEY = "missing or wrong API key (use ?api_key=KEY or an Authorization header)"
 
 
 class BodyLimit:
@@ -88,11 +92,19 @@ def _bearer(headers) -> str | None:
     return value[7:].strip() if value.lower().startswith("bearer ") else None
 
 
-def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any = None) -> FastAPI:
-    """The whole server around one engine (its detokenizer, if any, gives the audio output)."""
+def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any = None,
+               duplex: DuplexEngine | None = None) -> FastAPI:
+    """The whole server around one engine (its detokenizer, if any, gives the audio output).
+
+    Full duplex (``/v1/duplex``) is served by ``duplex`` when given, else by a duplex engine on the
+    same model when that model has a duplex head; otherwise ``/v1/duplex`` refuses sessions.
+    """
     settings = settings or ServerSettings()
     detok = engine.detokenizer
     voices = tuple(detok.voices) if detok is not None and hasattr(detok, "voices") else None
+    duplex_reason = None
+    if duplex is None:
+        duplex, duplex_reason = duplex_engine_for(engine)
     state = ServerState(
         settings=settings,
         scheduler=Scheduler(engine, slow_client_timeout=settings.slow_client_timeout, max_batch=settings.max_batch),
@@ -100,18 +112,21 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any 
         voices=voices or None,
         output_sample_rate=int(detok.sample_rate) if detok is not None else None,
         asr=asr,
+        duplex=duplex,
+        duplex_unavailable=duplex_reason,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.scheduler.start()
-        logger.info("serving %s on %s:%d (audio output: %s, VAD: %s)", settings.model_name, settings.host, settings.port,
-                    state.output_sample_rate is not None, state.vad.backend)
+        logger.info("serving %s on %s:%d (audio output: %s, VAD: %s, full duplex: %s)", settings.model_name, settings.host,
+                    settings.port, state.output_sample_rate is not None, state.vad.backend, state.duplex is not None)
         yield
         await asyncio.to_thread(state.scheduler.stop)
 
     app = FastAPI(title="Fun-Audio-Chat server", version=P.PROTOCOL_VERSION, lifespan=lifespan,
-                  description="Voice chat over WebSocket (/v1/realtime, see docs/serving.md) and an OpenAI-compatible API.")
+                  description="Voice chat over WebSocket (/v1/realtime turn by turn, /v1/duplex full duplex; see "
+                              "docs/serving.md) and an OpenAI-compatible API.")
     app.state.serving = state
 
     @app.exception_handler(APIError)
@@ -154,19 +169,26 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any 
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "protocol": P.PROTOCOL_VERSION, "sessions": state.sessions, "http_requests": state.http_requests,
                 "active_replies": state.scheduler.active, "audio_output": state.output_sample_rate is not None,
-                "vad": state.vad.backend, **state.counters}
+                "vad": state.vad.backend, "duplex": state.duplex_info(), "duplex_sessions": state.duplex_sessions,
+                **state.counters}
+
+    async def refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+        await ws.send_text(P.error_event(code, message))
+        await ws.close(code=close_code)
+
+    def authorised(ws: WebSocket) -> bool:
+        key = settings.api_key
+        return not key or _key_ok(ws.query_params.get("api_key"), key) or _key_ok(_bearer(ws.headers), key)
 
     @app.websocket("/v1/realtime")
     async def realtime(ws: WebSocket) -> None:
         await ws.accept()
-        if settings.api_key and not (_key_ok(ws.query_params.get("api_key"), settings.api_key)
-                                     or _key_ok(_bearer(ws.headers), settings.api_key)):
-            await ws.send_text(P.error_event("invalid_api_key", "missing or wrong API key (use ?api_key=KEY or an Authorization header)"))
-            await ws.close(code=1008)
+        if not authorised(ws):
+            await refuse(ws, "invalid_api_key", _BAD_KEY, 1008)
             return
         if state.sessions >= settings.max_sessions:
-            await ws.send_text(P.error_event("too_many_sessions", f"{state.sessions} sessions are open (limit {settings.max_sessions}); retry later"))
-            await ws.close(code=1013)
+            await refuse(ws, "too_many_sessions", f"{state.sessions} sessions are open (limit {settings.max_sessions}); "
+                         "retry later", 1013)
             return
         state.sessions += 1
         session = RealtimeSession(state)
@@ -190,6 +212,36 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, asr: Any 
             state.sessions -= 1
             state.live.pop(session.id, None)
             logger.info("session %s closed", session.id)
+
+    @app.websocket("/v1/duplex")
+    async def duplex_socket(ws: WebSocket) -> None:
+        await ws.accept()
+        if not authorised(ws):
+            await refuse(ws, "invalid_api_key", _BAD_KEY, 1008)
+            return
+        if state.duplex is None:
+            await refuse(ws, "duplex_unavailable", state.duplex_unavailable or "full duplex is not available", 1008)
+            return
+        if state.sessions >= settings.max_sessions:
+            await refuse(ws, "too_many_sessions", f"{state.sessions} sessions are open (limit {settings.max_sessions}); "
+                         "retry later", 1013)
+            return
+        if state.duplex_sessions >= settings.max_duplex_sessions:
+            await refuse(ws, "too_many_sessions", f"{state.duplex_sessions} full-duplex sessions are open (limit "
+                         f"{settings.max_duplex_sessions}); retry later", 1013)
+            return
+        state.sessions += 1
+        state.duplex_sessions += 1
+        conn = DuplexConnection(state, state.duplex)
+        state.duplex_live[conn.id] = conn
+        try:
+            conn.hello()
+            await serve_connection(ws, conn)
+        finally:
+            state.sessions -= 1
+            state.duplex_sessions -= 1
+            state.duplex_live.pop(conn.id, None)
+            logger.info("duplex session %s closed", conn.id)
 
     return app
 
@@ -227,7 +279,8 @@ def serve(engine: Engine, settings: ServerSettings, asr: Any = None) -> None:
 class BackgroundServer:
     """The app on a free 127.0.0.1 port in a daemon thread; a context manager that stops it on exit."""
 
-    def __init__(self, engine: Engine, settings: ServerSettings | None = None, asr: Any = None) -> None:
+    def __init__(self, engine: Engine, settings: ServerSettings | None = None, asr: Any = None,
+                 duplex: DuplexEngine | None = None) -> None:
         import uvicorn
 
         settings = settings or ServerSettings()
@@ -235,7 +288,7 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.app = create_app(engine, settings, asr)
+        self.app = create_app(engine, settings, asr, duplex)
         self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -246,6 +299,10 @@ class BackgroundServer:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    @property
+    def duplex_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/duplex"
 
     @property
     def state(self) -> ServerState:

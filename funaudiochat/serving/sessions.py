@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,10 @@ from funaudiochat.serving import protocol as P
 from funaudiochat.serving.scheduler import Job, JobFailed, Scheduler
 from funaudiochat.serving.settings import ServerSettings
 from funaudiochat.serving.vad import TurnDetector, VadFactory
+
+if TYPE_CHECKING:
+    from funaudiochat.duplex.engine import DuplexEngine
+    from funaudiochat.serving.duplex import DuplexConnection
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,16 @@ class ServerState:
     asr: Any = None  # optional object with transcribe(np.ndarray) -> str
     sessions: int = 0
     live: dict[str, "RealtimeSession"] = field(default_factory=dict)  # open sessions by id (for inspection)
+    duplex: DuplexEngine | None = None  # the engine of /v1/duplex; None when the model has no duplex head
+    duplex_unavailable: str | None = None  # why /v1/duplex refuses sessions (shown to clients)
+    duplex_sessions: int = 0
+    duplex_live: dict[str, DuplexConnection] = field(default_factory=dict)  # open DuplexConnections by id (for inspection)
     http_requests: int = 0
     counters: dict[str, int] = field(default_factory=lambda: {"sessions_total": 0, "responses": 0, "errors": 0})
+
+    def duplex_info(self) -> dict[str, Any]:
+        """Whether ``/v1/duplex`` takes sessions, and why not (what the web page shows)."""
+        return {"available": self.duplex is not None, "endpoint": "/v1/duplex", "reason": self.duplex_unavailable}
 
 
 class RealtimeSession:
@@ -97,6 +109,7 @@ class RealtimeSession:
             audio_output=self.state.output_sample_rate is not None,
             voices=list(self.state.voices) if self.state.voices is not None else None,
             vad=self.state.vad.backend,
+            duplex=self.state.duplex_info(),
             limits={"max_audio_seconds": self.state.settings.max_audio_seconds,
                     "max_output_seconds": self.state.settings.max_output_seconds,
                     "max_frame_bytes": self.state.settings.max_frame_bytes},

@@ -20,6 +20,7 @@ class ServerSettings:
     max_output_seconds: float = 60.0  # the longest reply a client may ask for
     default_output_seconds: float = 30.0
     max_sessions: int = 16  # concurrent WebSocket sessions (error + close 1013 beyond)
+    max_duplex_sessions: int = 4  # of those, full-duplex ones: each computes a model step every 200 ms
     max_http_concurrency: int = 8  # concurrent chat completions (429 beyond)
     max_text_chars: int = 20000  # one text message
     send_queue_frames: int = 64  # per-session outgoing frames before the reply pauses
@@ -29,7 +30,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_frame_bytes", "max_sessions", "max_http_concurrency", "max_text_chars", "send_queue_frames",
-                     "max_batch"):
+                     "max_batch", "max_duplex_sessions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_audio_seconds", "max_output_seconds", "default_output_seconds", "slow_client_timeout"):

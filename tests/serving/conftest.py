@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 
 from funaudiochat.config import tiny_config  # noqa: E402
+from funaudiochat.duplex.model import ACTIONS, enable_duplex  # noqa: E402
 from funaudiochat.generation import Engine  # noqa: E402
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration  # noqa: E402
 from funaudiochat.processing import FunAudioChatProcessor  # noqa: E402
@@ -82,6 +84,48 @@ def server(engine, settings):
 
     with BackgroundServer(engine, settings) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def duplex_model() -> FunAudioChatForConditionalGeneration:
+    """The tiny random model with an untrained duplex head (tests steer it with :func:`head_bias`)."""
+    torch.manual_seed(0)
+    return enable_duplex(FunAudioChatForConditionalGeneration(tiny_config())).eval()
+
+
+@pytest.fixture(scope="module")
+def duplex_server(duplex_model):
+    """A server whose model has a duplex head, so /v1/duplex takes sessions (at most 2 at a time)."""
+    from funaudiochat.serving.server import BackgroundServer
+    from funaudiochat.serving.settings import ServerSettings
+
+    settings = ServerSettings(max_sessions=4, max_duplex_sessions=2, default_output_seconds=30.0, max_output_seconds=60.0,
+                              max_frame_bytes=256 * 1024)
+    engine = Engine(duplex_model, FunAudioChatProcessor(word_tokenizer(vocab_size=512), duplex_model.config),
+                    detokenizer=ToneDetokenizer())
+    with BackgroundServer(engine, settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+def head_bias(duplex_model):
+    """``with head_bias(start=10.0): ...`` sets the served duplex head's bias (its weights are ~0, so the
+    bias decides the action); the runner reads it at its next step, and it is restored afterwards."""
+
+    @contextlib.contextmanager
+    def set_bias(**bias: float):
+        old = duplex_model.duplex_head.bias.detach().clone()
+        with torch.no_grad():
+            duplex_model.duplex_head.bias.zero_()
+            for name, value in bias.items():
+                duplex_model.duplex_head.bias[ACTIONS.index(name)] = value
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                duplex_model.duplex_head.bias.copy_(old)
+
+    return set_bias
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
