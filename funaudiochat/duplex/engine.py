@@ -200,6 +200,11 @@ class DuplexOptions:
     assistant keeps listening.  With ``constrain_actions`` the head only chooses among the actions
     that make sense in the current state (silent: listen, start, backchannel; in a turn: speak, stop,
     listen; in a backchannel: backchannel, listen, stop, start), renormalised.
+    ``start_prob`` / ``stop_prob`` (None: off) are decision thresholds for the two rare actions: a
+    silent assistant takes the floor once ``start`` reaches ``start_prob`` and a speaking one yields
+    once ``stop`` reaches ``stop_prob``, even when another action is more likely.  They exist because
+    ``start`` and ``stop`` are a few percent of the training steps, so a small model rarely ranks
+    them first even when it is right to act.
     ``max_turn_seconds`` stops a turn that runs away (an untrained or confused head).
     ``srh_flush_steps`` bounds how many silent positions wait for the Speech Refined Head.
     ``trace`` keeps every step's logits in :attr:`DuplexSession.trace` (tests, diagnostics).
@@ -207,6 +212,8 @@ class DuplexOptions:
 
     action_temperature: float = 0.0
     min_start_prob: float = 0.0
+    start_prob: float | None = None
+    stop_prob: float | None = None
     constrain_actions: bool = True
     text_sampling: SamplingConfig = GREEDY
     speech_sampling: SamplingConfig = DEFAULT_SPEECH_SAMPLING
@@ -222,6 +229,10 @@ class DuplexOptions:
             raise ValueError(f"action_temperature must be >= 0, got {self.action_temperature}")
         if not 0 <= self.min_start_prob <= 1:
             raise ValueError(f"min_start_prob must be in [0, 1], got {self.min_start_prob}")
+        for name in ("start_prob", "stop_prob"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1] or None, got {value}")
         if self.max_turn_seconds <= 0:
             raise ValueError(f"max_turn_seconds must be positive, got {self.max_turn_seconds}")
         if self.srh_flush_steps < 1:
@@ -679,6 +690,11 @@ class DuplexSession:
         else:
             dist = torch.softmax(masked / opts.action_temperature, dim=-1)
             action = int(torch.multinomial(dist, 1, generator=self.generator))
+        if opts.start_prob is not None and turn is None and float(probs[START]) >= opts.start_prob:
+            action = START
+        elif opts.stop_prob is not None and turn is not None and turn.kind == "turn" \
+                and float(probs[STOP]) >= opts.stop_prob:
+            action = STOP
         if turn is None and action in (START, BACKCHANNEL) and float(probs[action]) < opts.min_start_prob:
             return LISTEN, float(probs[LISTEN]), True, ""
         return action, float(probs[action]), False, ""

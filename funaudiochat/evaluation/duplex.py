@@ -738,6 +738,8 @@ class DuplexEvalConfig:
     system_prompt: str | None = None  # default: the duplex training data's system prompt
     action_temperature: float = 0.0
     min_start_prob: float = 0.0
+    start_prob: float | None = None
+    stop_prob: float | None = None
     asr: str = "base"  # "base", "tiny.en" or "none"
     detokenizer: str = "flow"  # "flow", "cosyvoice" or "none"
     detokenizer_path: str | None = None
@@ -770,7 +772,7 @@ class DuplexEvalConfig:
         model = self.model if self.model in NAMED_MODELS else str(Path(self.model).resolve())
         return {"model": model, "scenarios": list(self.scenarios), "settings": asdict(self.settings),
                 "system_prompt": self.system_prompt, "action_temperature": self.action_temperature,
-                "min_start_prob": self.min_start_prob, "asr": self.asr, "detokenizer": self.detokenizer,
+                "min_start_prob": self.min_start_prob, "start_prob": self.start_prob, "stop_prob": self.stop_prob, "asr": self.asr, "detokenizer": self.detokenizer,
                 "detokenizer_path": self.detokenizer_path, "dtype": self.dtype, "seed": self.seed,
                 "split": self.split}
 
@@ -822,7 +824,7 @@ class DuplexEvaluator:
             model, tokenizer = self._loader(c.model, c.dtype)
             if c.device != "cpu":
                 model = model.to(c.device)
-            options = DuplexOptions(action_temperature=c.action_temperature, min_start_prob=c.min_start_prob,
+            options = DuplexOptions(action_temperature=c.action_temperature, min_start_prob=c.min_start_prob, start_prob=c.start_prob, stop_prob=c.stop_prob,
                                     max_turn_seconds=max(60.0, c.settings.max_answer_seconds + 1.0),
                                     warn_lag_steps=10**6)
             try:
@@ -1300,7 +1302,7 @@ def cmd_eval_duplex(args: argparse.Namespace, out: TextIO | None = None,
         data_root=Path(args.data_root) if args.data_root else None, split=args.split,
         audio_root=Path(args.audio_root) if args.audio_root else None, limit=args.limit,
         exclude_ids=read_ids(args.exclude_ids) if args.exclude_ids else frozenset(), system_prompt=args.system,
-        action_temperature=args.action_temperature, min_start_prob=args.min_start_prob, asr=args.asr,
+        action_temperature=args.action_temperature, min_start_prob=args.min_start_prob, start_prob=args.start_prob, stop_prob=args.stop_prob, asr=args.asr,
         detokenizer=args.detokenizer, detokenizer_path=args.detokenizer_path,
         tts_cache=Path(args.tts_cache) if args.tts_cache else None, dtype=args.dtype, device=args.device,
         seed=args.seed, run_name=args.name, progress=not args.no_progress, plot=not args.no_plot,
@@ -1362,6 +1364,10 @@ def add_eval_duplex_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--system", default=None, help="system prompt (default: the duplex training data's)")
     m.add_argument("--action-temperature", type=float, default=0.0, help="0 takes the likeliest action (default)")
     m.add_argument("--min-start-prob", type=float, default=0.0, help="least probability to take the floor")
+    m.add_argument("--start-prob", type=float, default=None,
+                   help="take the floor once p(start) reaches this, even if another action is likelier (default off)")
+    m.add_argument("--stop-prob", type=float, default=None,
+                   help="yield once p(stop) reaches this while speaking (default off)")
     m.add_argument("--asr", choices=("base", "tiny.en", "none"), default="base",
                    help="Whisper model that transcribes the spoken answers for S2M-S (default base, as eval s2s)")
     m.add_argument("--detokenizer", choices=("flow", "cosyvoice", "none"), default="flow",

@@ -441,3 +441,26 @@ def test_min_start_prob_keeps_an_unsure_assistant_quiet(model, processor):
         events = session.process()
     assert TurnStart(3, 1, "backchannel") in events
     assert [e.action for e in events if isinstance(e, ActionEvent)] == ["backchannel"] * 2
+
+
+def test_start_and_stop_thresholds_act_on_a_less_likely_action(model, processor):
+    # p(start) = e / (e^2 + e + 1) ~ 0.245 among the silent actions: below argmax, above 0.2
+    quiet = DuplexEngine(model, processor, options=DuplexOptions(start_prob=0.3, warn_lag_steps=100))
+    session = quiet.session(SYSTEM)
+    with head_bias(model, listen=2.0, start=1.0):
+        session.push_audio(mic(0.4))
+        assert [e.action for e in session.process() if isinstance(e, ActionEvent)] == ["listen"] * 2
+    eager = DuplexEngine(model, processor, options=DuplexOptions(start_prob=0.2, stop_prob=0.2, warn_lag_steps=100))
+    session = eager.session(SYSTEM)
+    with head_bias(model, listen=2.0, start=1.0):
+        session.push_audio(mic(0.2))
+        events = session.process()
+    assert [e.action for e in events if isinstance(e, ActionEvent)] == ["start"]
+    # in a turn: p(stop) = e / (e^2 + e + 1) ~ 0.245 with speak the likeliest
+    with head_bias(model, speak=2.0, stop=1.0):
+        session.push_audio(mic(0.2))
+        events = session.process()
+    assert [e.action for e in events if isinstance(e, ActionEvent)] == ["stop"]
+    assert any(isinstance(e, Stopped) for e in events)
+    with pytest.raises(ValueError, match="start_prob"):
+        DuplexOptions(start_prob=0.0)
