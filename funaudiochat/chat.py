@@ -47,6 +47,8 @@ def turn_options(args: argparse.Namespace):
 
 #: ``--model`` value naming the embedded ``funaudiochat-tiny`` (pip parts + shipped weights).
 DEFAULT_MODEL = "default"
+#: ``--model`` value naming its full-duplex version (the same plus the shipped duplex.safetensors).
+DEFAULT_DUPLEX_MODEL = "default-duplex"
 
 
 def load_engine(model_dir: str | None = DEFAULT_MODEL, dtype: str = "float32"):
@@ -59,11 +61,13 @@ def load_engine(model_dir: str | None = DEFAULT_MODEL, dtype: str = "float32"):
     from funaudiochat.processing import FunAudioChatProcessor
 
     t = time.perf_counter()
-    if model_dir in (None, DEFAULT_MODEL):
+    if model_dir in (None, DEFAULT_MODEL, DEFAULT_DUPLEX_MODEL):
         from funaudiochat.default_model.package import load_default_model
 
-        model, tokenizer = load_default_model()
-        model, model_dir = model.to(getattr(torch, dtype)), "the embedded model funaudiochat-tiny"
+        duplex = model_dir == DEFAULT_DUPLEX_MODEL
+        model, tokenizer = load_default_model(duplex=duplex)
+        name = "funaudiochat-tiny (full duplex)" if duplex else "funaudiochat-tiny"
+        model, model_dir = model.to(getattr(torch, dtype)), f"the embedded model {name}"
     else:
         path = Path(model_dir)
         if not (path / "config.json").is_file():
@@ -210,7 +214,7 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="model directory (config.json, safetensors, tokenizer; the released 8B works), or "
-                   "'default' for the embedded funaudiochat-tiny")
+                   "'default' for the embedded funaudiochat-tiny ('default-duplex': its full-duplex version)")
     p.add_argument("--audio", help="the question as a sound file (wav/flac/ogg; any rate, resampled to 16 kHz)")
     p.add_argument("--text", help="the question as text (with --audio: an instruction about the audio)")
     p.add_argument("--out", help="write the spoken answer here as a wav (needs a detokenizer)")
@@ -352,7 +356,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--question", default=DEMO_QUESTION, help="the question to speak")
     p.add_argument("--audio", help="a recorded question instead (wav/flac/ogg, any rate)")
     p.add_argument("--out", help="write the spoken answer here as a wav")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="'default' or a model directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'default', 'default-duplex' or a model directory")
     p.add_argument("--voice", default="joe", help="voice of the spoken answer")
     p.add_argument("--max-seconds", type=float, default=8.0, help="longest spoken answer")
     p.add_argument("--toy", action="store_true", help="train and ask a toy model instead (no shipped weights needed)")

@@ -4,6 +4,7 @@ Stages, each cached in the work dir so a rerun continues where it stopped::
 
     questions -> answers -> speech data -> init model -> pre-alignment -> Core-Cocktail stage 1 (LoRA)
     -> merge (alpha 0.5, backbone only) -> stage 2 (LoRA) -> DPO (LoRA) -> package
+    [-> duplex data -> duplex (LoRA + action head) -> duplex extra]   (``duplex=True``, duplex_build.py)
 
 The LoRA stages keep the backbone change low-rank, so the package ships it as small factors
 (see :mod:`funaudiochat.default_model.package`).  ``smoke=True`` uses a handful of questions and
@@ -42,6 +43,10 @@ class StageSpec:
     lora_r: int | None = None
     freeze: list[str] = field(default_factory=list)
     warmup_ratio: float = 0.02
+    #: If set, only these parameter prefixes train besides the LoRA adapters (the duplex stage).
+    trainable: list[str] | None = None
+    #: Checkpoint interval in steps (None: a quarter of the stage, at least 50).
+    save_every: int | None = None
 
 
 @dataclass
@@ -83,6 +88,8 @@ class BuildResult:
     model: Any = None
     tokenizer: Any = None
     max_logit_diff_vs_trained: float | None = None
+    #: The duplex stage's result when the build ran it (``duplex=True``).
+    duplex: Any = None
 
 
 class _Timer:
@@ -103,18 +110,23 @@ class _Timer:
         return out
 
 
-def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed: int, dpo: bool) -> dict:
+def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed: int, dpo: bool,
+            stage: str | None = None) -> dict:
+    """A stage's recipe as plain data; ``stage`` overrides the sft/dpo choice of ``dpo`` (``"duplex"``)."""
+    stage = stage or ("dpo" if dpo else "sft")
     train: dict[str, Any] = {"max_steps": spec.max_steps, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum,
                              "freeze": spec.freeze, "mixed_precision": "no", "max_grad_norm": 1.0, "seed": seed}
+    if spec.trainable is not None:
+        train["trainable"] = list(spec.trainable)
     if spec.lora_r:
         train["lora"] = {"r": spec.lora_r, "alpha": 2.0 * spec.lora_r, "merge_at_end": True}
+    save_every = spec.save_every if spec.save_every is not None else max(spec.max_steps // 4, 50)
     recipe = {
-        "name": name, "stage": "dpo" if dpo else "sft", "model": model,
+        "name": name, "stage": stage, "model": model,
         "data": {"train": [str(data)], "num_workers": 0, **({"allowed_tasks": ["robustness"]} if dpo else {})},
         "train": train,
         "optim": {"lr_max": spec.lr_max, "lr_min": spec.lr_min, "warmup_ratio": spec.warmup_ratio},
-        "output": {"dir": str(out), "save_every": max(spec.max_steps // 4, 50), "keep_last": 1,
-                   "log_every": 1, "plots": False},
+        "output": {"dir": str(out), "save_every": save_every, "keep_last": 1, "log_every": 1, "plots": False},
     }
     if dpo:
         recipe["dpo"] = {"beta": 0.1, "loss_type": "sigmoid", "text_weight": 1.0, "speech_weight": 1.0}
@@ -228,8 +240,13 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
 
 
 def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
-              benchdata: str | Path | None = DEFAULT_BENCHDATA, config: BuildConfig | None = None) -> BuildResult:
-    """Run (or resume) every stage and write the package to ``out_dir``."""
+              benchdata: str | Path | None = DEFAULT_BENCHDATA, config: BuildConfig | None = None,
+              duplex: bool = False, duplex_config: Any = None) -> BuildResult:
+    """Run (or resume) every stage and write the package to ``out_dir``.
+
+    ``duplex=True`` then runs the full-duplex stage (:mod:`funaudiochat.default_model.duplex_build`,
+    configured by ``duplex_config``) and adds its extra to the same package.
+    """
     from funaudiochat.default_model.speech_data import build_speech_data
 
     cfg = config or (BuildConfig.smoke() if smoke else BuildConfig())
@@ -252,7 +269,12 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     timer.run("merge", _merge_stage, work, cfg.merge_alpha)
     for name in STAGES[2:]:
         timer.run(name, _train_stage, recipes[name])
-    return timer.run("package", _package_stage, work, out, cfg, timer.times)
+    result = timer.run("package", _package_stage, work, out, cfg, timer.times)
+    if duplex:
+        from funaudiochat.default_model.duplex_build import run_duplex_build
+
+        result.duplex = run_duplex_build(work, out, base_dir=out, smoke=smoke, config=duplex_config)
+    return result
 
 
 def run_no_merge_ablation(work_dir: str | Path, config: BuildConfig | None = None, smoke: bool = False) -> dict[str, float]:

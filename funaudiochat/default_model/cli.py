@@ -1,4 +1,4 @@
-"""``funaudiochat build-default`` command (registered by ``funaudiochat/cli.py``)."""
+"""``funaudiochat build-default`` and ``build-default-duplex`` commands (registered by ``funaudiochat/cli.py``)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,50 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def _duplex_config(args: argparse.Namespace, smoke: bool):
+    """The duplex stage's config, with ``--dialogues N`` meaning one pass over N dialogues."""
+    from funaudiochat.default_model.duplex_build import DuplexBuildConfig, expected_steps
+
+    cfg = DuplexBuildConfig.smoke() if smoke else DuplexBuildConfig()
+    if args.dialogues is not None:
+        if args.dialogues < 1:
+            raise SystemExit(f"error: --dialogues must be >= 1, got {args.dialogues}")
+        cfg.n_dialogues = args.dialogues
+        cfg.stage.max_steps = expected_steps(cfg)
+    return cfg
+
+
+def _log_duplex(res) -> None:
+    logger.info("duplex: %d dialogues (%d clock steps, %.0f%% listen), training %s", res.n_dialogues, res.n_steps,
+                100 * res.listen_share, res.curve)
+    logger.info("duplex stage times (s): %s", res.timings)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from funaudiochat.default_model.build import run_build
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="funaudiochat-build-"))
     logger.info("work dir: %s", work)
-    res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata)
+    dcfg = _duplex_config(args, args.smoke) if args.duplex else None
+    res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, duplex=args.duplex,
+                    duplex_config=dcfg)
     logger.info("stage times (s): %s", res.timings)
+    if res.duplex is not None:
+        _log_duplex(res.duplex)
     if args.ablation_no_merge:
         from funaudiochat.default_model.build import run_no_merge_ablation
 
         times = run_no_merge_ablation(work, smoke=args.smoke)
         logger.info("no-merge ablation in %s: %s", work / "runs_nomerge", times)
+    print(res.out_dir)
+    return 0
+
+
+def _cmd_build_duplex(args: argparse.Namespace) -> int:
+    from funaudiochat.default_model.duplex_build import run_duplex_build
+
+    res = run_duplex_build(args.work, args.out, base_dir=args.base, config=_duplex_config(args, args.smoke))
+    _log_duplex(res)
     print(res.out_dir)
     return 0
 
@@ -39,4 +71,21 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablation-no-merge", action="store_true",
                    help="afterwards, train stage 2 and DPO again from stage 1 without the merge "
                    "(into WORK/runs_nomerge; not shipped, for the Core-Cocktail ablation)")
+    p.add_argument("--duplex", action="store_true",
+                   help="afterwards, run the full-duplex stage and add duplex.safetensors to the package")
+    p.add_argument("--dialogues", type=int, default=None, metavar="N",
+                   help="with --duplex: train on N dialogues, once each (default: the build config's)")
     p.set_defaults(func=_cmd_build)
+
+    d = sub.add_parser("build-default-duplex", help="add full duplex to a finished funaudiochat-tiny build",
+                       description="Duplex data, duplex training and the duplex.safetensors extra on top of a "
+                       "finished build-default work dir (docs/default-model.md, 'Full duplex'). The half-duplex "
+                       "files of --base are copied unchanged into --out.")
+    d.add_argument("--work", required=True, help="work dir of a finished build-default (runs/dpo/final)")
+    d.add_argument("--out", required=True, help="folder for the package with the duplex extra")
+    d.add_argument("--base", default=None,
+                   help="the half-duplex package of that build (default: the shipped funaudiochat/assets/default_model)")
+    d.add_argument("--smoke", action="store_true", help="two short dialogues and two steps")
+    d.add_argument("--dialogues", type=int, default=None, metavar="N",
+                   help="train on N dialogues, once each (default 400, about 15 min on 2 idle CPU cores)")
+    d.set_defaults(func=_cmd_build_duplex)

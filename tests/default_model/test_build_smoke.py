@@ -1,4 +1,4 @@
-"""End-to-end smoke build (a handful of items and steps) and reload of the packaged weights."""
+"""End-to-end smoke build (a handful of items and steps, with the duplex stage) and reload of the packaged weights."""
 
 import argparse
 import json
@@ -29,7 +29,7 @@ def smoke_build(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smoke")
     # Without ../shared the build uses its built-in questions, which is also a valid smoke run.
-    return run_build(root / "out", root / "work", smoke=True, benchdata=BENCHDATA)
+    return run_build(root / "out", root / "work", smoke=True, benchdata=BENCHDATA, duplex=True)
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_smoke_build_outputs(smoke_build):
     out, work = smoke_build.out_dir, smoke_build.work_dir
     manifest = pkg.verify_manifest(out)
     assert manifest["total_bytes"] <= 60_000_000
-    assert set(manifest["files"]) == {pkg.SPEECH_FILE, pkg.DELTA_FILE}
+    assert set(manifest["files"]) == {pkg.SPEECH_FILE, pkg.DELTA_FILE, pkg.DUPLEX_FILE}
     questions = [json.loads(x) for x in (work / "questions.jsonl").read_text().splitlines()]
     assert len(questions) == 4
     sft, errs = validate_jsonl(work / "data" / "sft.jsonl", mode="sft")
@@ -63,9 +63,12 @@ def test_smoke_build_outputs(smoke_build):
 
 @pytest.mark.slow
 def test_packaged_weights_reload_identically(smoke_build):
+    """The half-duplex model, loaded from a package that also holds the duplex extra, is unchanged."""
     from funaudiochat.default_model import load_default_model
+    from funaudiochat.duplex.model import has_duplex
 
     model, tok = load_default_model(smoke_build.out_dir)
+    assert not has_duplex(model) and model.config.duplex is None
     assert model.config.audio_config.codebook_size == 1028
     assert model.config.audio_config.bos_token_id == 1024
     ids = tok("What is the capital of France?", return_tensors="pt")["input_ids"]
@@ -75,6 +78,36 @@ def test_packaged_weights_reload_identically(smoke_build):
     assert torch.equal(a, b)
     sa, sb = model.state_dict(), smoke_build.model.state_dict()
     assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+
+
+@pytest.mark.slow
+def test_smoke_duplex_stage(smoke_build):
+    import yaml
+
+    from funaudiochat.default_model import load_default_model
+    from funaudiochat.default_model import package as pkg
+    from funaudiochat.duplex.batch import load_duplex_records
+    from funaudiochat.duplex.model import has_duplex
+
+    res, work = smoke_build.duplex, smoke_build.work_dir
+    records = load_duplex_records([work / "duplex" / "data" / "duplex.jsonl"])
+    question_ids = {json.loads(x)["id"] for x in (work / "questions.jsonl").read_text().splitlines()}
+    assert len(records) == res.n_dialogues == 2
+    assert {r.id.split("/")[0] for r in records} <= question_ids  # only the build's own training questions
+    recipe = yaml.safe_load((work / "recipes" / "duplex.yaml").read_text())
+    assert recipe["stage"] == "duplex" and recipe["model"]["path"] == str(work / "runs" / "dpo" / "final")
+    assert (work / "runs" / "duplex" / "final" / "config.json").is_file()
+    assert set(json.loads((work / "timings_duplex.json").read_text())) == {"duplex_data", "duplex", "duplex_package"}
+    assert res.curve["steps"] == 2 and res.curve["last"]["action_accuracy"] is not None
+    manifest = pkg.verify_manifest(smoke_build.out_dir, duplex=True)
+    assert manifest["files"][pkg.DUPLEX_FILE]["bytes"] < 8_000_000  # LoRA factors, head, adapter only
+    assert manifest["duplex"]["build"]["dialogues"] == 2
+    # fp16 storage of the trained change: close to the fp32 trained model
+    assert res.max_action_logit_diff < 0.05 and res.max_text_logit_diff < 0.1
+    model, _ = load_default_model(smoke_build.out_dir, duplex=True)
+    assert has_duplex(model)
+    sa, sb = model.state_dict(), res.model.state_dict()
+    assert set(sa) == set(sb) and [k for k in sa if not torch.equal(sa[k], sb[k])] == []
 
 
 def test_cli_registers_build_default():
