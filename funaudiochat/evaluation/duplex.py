@@ -689,19 +689,13 @@ def _load_checkpoint(name: str, dtype: str) -> tuple[Any, Any]:
 
 
 def _load_default_duplex(dtype: str) -> tuple[Any, Any]:
-    """The embedded default model with its duplex extra (``load_default_model(duplex=True)``, where
-    the installed package loader knows that option), refused unless it carries a duplex head."""
-    import inspect
-
+    """The embedded default model with its duplex extra, refused unless it carries a duplex head."""
     import torch
 
     from funaudiochat.default_model.package import load_default_model
     from funaudiochat.duplex.model import has_duplex
 
-    if "duplex" in inspect.signature(load_default_model).parameters:
-        model, tokenizer = load_default_model(duplex=True)
-    else:
-        model, tokenizer = load_default_model()
+    model, tokenizer = load_default_model(duplex=True)
     if not has_duplex(model):
         raise ValueError("the embedded default model (funaudiochat-tiny) has no duplex head yet; pass a "
                          "duplex-trained checkpoint folder with --model")

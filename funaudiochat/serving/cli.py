@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get("FUNAUDIOCHAT_API_KEY") or None,
-        model_name=args.model_name or ("funaudiochat-tiny" if args.tiny or args.model == "default"
+        model_name=args.model_name or ("funaudiochat-tiny" if args.tiny or args.model in ("default", "default-duplex")
                                        else os.path.basename(os.path.normpath(args.model))),
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_audio_seconds=args.max_audio_seconds,
@@ -88,7 +88,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="default",
                      help="checkpoint directory (config.json, safetensors, tokenizer), or 'default' for the "
-                     "embedded funaudiochat-tiny (default)")
+                     "embedded funaudiochat-tiny (default; 'default-duplex': its full-duplex version, for /v1/duplex)")
     src.add_argument("--tiny", action="store_true",
                      help="serve a random tiny model with an untrained duplex head (for trying the protocols and page)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")

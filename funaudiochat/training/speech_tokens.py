@@ -71,7 +71,10 @@ def tokenize_dataset(
     cache = Path(cache_dir) / tokenizer_identity(tokenizer)
     cache.mkdir(parents=True, exist_ok=True)
     stats = TokenizeStats()
-    lines = in_path.read_text(encoding="utf-8").splitlines()
+    # split on "\n" only: JSON strings may hold U+0085 or U+2028, which splitlines() breaks on
+    lines = in_path.read_text(encoding="utf-8").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
     out_lines = []
     for number, line in enumerate(tqdm(lines, desc="speech tokens", disable=not progress, unit="rec"), start=1):
         try:
