@@ -46,7 +46,7 @@ from funaudiochat.duplex.engine import (
 from funaudiochat.duplex.model import has_duplex
 from funaudiochat.generation import Engine, SamplingConfig
 from funaudiochat.serving import protocol as P
-from funaudiochat.serving.sessions import Frame, ServerState
+from funaudiochat.serving.sessions import Frame, ServerState, created_fields
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +157,7 @@ class DuplexConnection:
         settings, engine = self.state.settings, self.engine
         self.send(P.event(
             "session.created",
-            protocol=P.DUPLEX_PROTOCOL_VERSION,
-            session_id=self.id,
-            session=self.config.to_json(),
-            input_sample_rate=P.INPUT_SAMPLE_RATE,
-            output_sample_rate=self.state.output_sample_rate,
-            audio_output=self.state.output_sample_rate is not None,
-            voices=list(self.state.voices) if self.state.voices is not None else None,
+            **created_fields(self.state, P.DUPLEX_PROTOCOL_VERSION, self.id, self.config.to_json()),
             step_ms=round(1000 * STEP_SECONDS),
             limits={"max_frame_bytes": settings.max_frame_bytes,
                     "max_turn_seconds": settings.max_output_seconds,

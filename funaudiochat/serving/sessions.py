@@ -101,13 +101,7 @@ class RealtimeSession:
         self.state.counters["sessions_total"] += 1
         await self.send(P.event(
             "session.created",
-            protocol=P.PROTOCOL_VERSION,
-            session_id=self.id,
-            session=self.config.to_json(),
-            input_sample_rate=P.INPUT_SAMPLE_RATE,
-            output_sample_rate=self.state.output_sample_rate,
-            audio_output=self.state.output_sample_rate is not None,
-            voices=list(self.state.voices) if self.state.voices is not None else None,
+            **created_fields(self.state, P.PROTOCOL_VERSION, self.id, self.config.to_json()),
             vad=self.state.vad.backend,
             duplex=self.state.duplex_info(),
             limits={"max_audio_seconds": self.state.settings.max_audio_seconds,
@@ -325,3 +319,16 @@ class RealtimeSession:
                 logger.warning("session %s: reply did not stop cleanly", self.id)
         for task in list(self._tasks):
             task.cancel()
+
+
+def created_fields(state: ServerState, protocol: str, session_id: str, session: dict[str, Any]) -> dict[str, Any]:
+    """The ``session.created`` fields that the half- and full-duplex endpoints share."""
+    return {
+        "protocol": protocol,
+        "session_id": session_id,
+        "session": session,
+        "input_sample_rate": P.INPUT_SAMPLE_RATE,
+        "output_sample_rate": state.output_sample_rate,
+        "audio_output": state.output_sample_rate is not None,
+        "voices": list(state.voices) if state.voices is not None else None,
+    }
