@@ -875,19 +875,10 @@ class DuplexEvaluator:
 
     # ------------------------------------------------------------------ run folder
     def _check_run_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / CONFIG_FILE
-        want = json.loads(json.dumps(self.config.result_settings()))
-        if path.is_file():
-            have = json.loads(path.read_text(encoding="utf-8"))
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            if diff:
-                details = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff)
-                raise ValueError(f"{self.out} holds a run made with other settings ({details}); use a fresh --out")
-        else:
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            tmp.replace(path)
+        from funaudiochat.training.fsutil import check_settings_file
+
+        want = json.loads(json.dumps(self.config.result_settings()))  # as it reads back (tuples -> lists)
+        check_settings_file(self.out / CONFIG_FILE, want, "use a fresh --out")
 
     def _records(self, eset: EvalSet) -> list[dict[str, Any]]:
         """The set's records minus the excluded ids, then the first ``limit`` of them."""

@@ -24,7 +24,6 @@ Nothing here is specific to one checkpoint beyond :func:`funaudiochat.chat.load_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -247,20 +246,9 @@ class EvalRunner:
 
     # ------------------------------------------------------------------ run folder
     def _check_run_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / CONFIG_FILE
-        want = self.config.result_settings()
-        if path.is_file():
-            have = json.loads(path.read_text(encoding="utf-8"))
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            if diff:
-                details = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff)
-                raise ValueError(f"{self.out} holds a run made with other settings ({details}); "
-                                 "use a fresh --out to compare")
-        else:
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            tmp.replace(path)
+        from funaudiochat.training.fsutil import check_settings_file
+
+        check_settings_file(self.out / CONFIG_FILE, self.config.result_settings(), "use a fresh --out to compare")
 
     def _load_log(self) -> dict[tuple[str, str, str, str], ScoredItem]:
         from funaudiochat.speech.jsonl_log import load_log

@@ -191,19 +191,9 @@ def attempt_key(text: str, engine: str, voice: str, speed: float) -> str:
 
 def _check_settings(out_dir: Path, config: SynthConfig) -> None:
     """Refuse to mix results made with different settings in one output folder."""
-    path = out_dir / CONFIG_FILE
-    want = config.result_settings()
-    if path.exists():
-        have = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        if diff:
-            details = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff)
-            raise ValueError(f"{out_dir} was made with other settings ({details}); use a fresh --out-dir")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+    from funaudiochat.training.fsutil import check_settings_file
+
+    check_settings_file(out_dir / CONFIG_FILE, config.result_settings(), "use a fresh --out-dir")
 
 
 class _LazyResources:

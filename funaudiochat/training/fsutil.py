@@ -1,4 +1,5 @@
-"""Crash-safe directory writes shared by checkpoint saving and model merging.
+"""Crash-safe directory writes shared by checkpoint saving and model merging, and the settings
+file that keeps a resumable output folder from mixing results made with different settings.
 
 A directory is built under a hidden temporary sibling (``<parent>/.tmp-<name>``), every file is
 fsync'ed, and only then renamed into place, so a reader never sees a half-written folder: either the
@@ -8,11 +9,13 @@ old state or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +86,23 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_settings_file(path: Path, want: dict[str, Any], hint: str) -> None:
+    """Write ``want`` to ``path`` (atomically) the first time; later, refuse any other settings.
+
+    Resumable runs (``eval``, ``eval-duplex``, TTS synthesis) keep their results next to this file, so
+    a rerun with changed settings would silently mix two experiments.  ``hint`` ends the message
+    (e.g. "use a fresh --out").
+    """
+    if path.is_file():
+        have = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            details = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff)
+            raise ValueError(f"{path.parent} holds results made with other settings ({details}); {hint}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
