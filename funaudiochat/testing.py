@@ -5,8 +5,12 @@ Nothing here downloads anything: the tokenizer is a word-level vocabulary built 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from funaudiochat.config import SPECIAL_TEXT_TOKENS
@@ -167,3 +171,46 @@ def synthetic_batch(
         "text_ids": text_ids,
         "text_attention_mask": text_attention,
     }
+
+
+# ----------------------------------------------------------------------------------- duplex heads
+@contextlib.contextmanager
+def duplex_head_bias(model, **bias: float) -> Iterator[None]:
+    """Set a duplex action head's bias to ``bias`` (others 0), restored afterwards.
+
+    An untrained head has weights of ~0, so its bias alone decides the action: tests steer the engine,
+    the server and the evaluation this way.
+    """
+    from funaudiochat.duplex.model import ACTIONS
+
+    head = model.duplex_head
+    old = head.bias.detach().clone()
+    with torch.no_grad():
+        head.bias.zero_()
+        for name, value in bias.items():
+            head.bias[ACTIONS.index(name)] = value
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            head.bias.copy_(old)
+
+
+class GatedHead(torch.nn.Module):
+    """Wraps an action head so that a test decides when a model step may finish (threading tests)."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def weight(self) -> torch.Tensor:  # action_logits casts to its dtype
+        return self.head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        if not self.release.wait(30):
+            raise TimeoutError("the test never released the gate")
+        return self.head(hidden)

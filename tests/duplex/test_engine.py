@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 
 import numpy as np
@@ -26,6 +24,7 @@ from funaudiochat.duplex.engine import (
 )
 from funaudiochat.duplex.model import ACTIONS, STEP_SAMPLES, duplex_forward, enable_duplex
 from funaudiochat.generation.sampling import SamplingConfig
+from funaudiochat.testing import GatedHead, duplex_head_bias
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 from funaudiochat.processing import FunAudioChatProcessor, Message
 from funaudiochat.testing import word_tokenizer
@@ -53,19 +52,7 @@ def model() -> FunAudioChatForConditionalGeneration:
     return tiny_duplex_model()
 
 
-@contextlib.contextmanager
-def head_bias(model, **bias: float):
-    """Set the action head's bias (its weights are ~0, so the bias decides); restored afterwards."""
-    old = model.duplex_head.bias.detach().clone()
-    with torch.no_grad():
-        model.duplex_head.bias.zero_()
-        for name, value in bias.items():
-            model.duplex_head.bias[ACTIONS.index(name)] = value
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            model.duplex_head.bias.copy_(old)
+head_bias = duplex_head_bias
 
 
 TALK = dict(start=10.0, speak=9.0)  # takes the floor at once and keeps it
@@ -136,26 +123,6 @@ def test_bad_options_are_rejected():
 
 
 # ---------------------------------------------------------------------- threading
-class GatedHead(torch.nn.Module):
-    """Wraps the action head so that a test decides when the model step may finish."""
-
-    def __init__(self, head: torch.nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.head.weight
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        self.entered.set()
-        if not self.release.wait(30):
-            raise TimeoutError("the test never released the gate")
-        return self.head(hidden)
-
-
 def test_push_audio_returns_at_once_while_a_step_is_computed(processor):
     model = tiny_duplex_model()
     gate = GatedHead(model.duplex_head)

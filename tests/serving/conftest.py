@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import shutil
 import subprocess
@@ -18,11 +18,11 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 
 from funaudiochat.config import tiny_config  # noqa: E402
-from funaudiochat.duplex.model import ACTIONS, enable_duplex  # noqa: E402
+from funaudiochat.duplex.model import enable_duplex  # noqa: E402
 from funaudiochat.generation import Engine  # noqa: E402
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration  # noqa: E402
 from funaudiochat.processing import FunAudioChatProcessor  # noqa: E402
-from funaudiochat.testing import word_tokenizer  # noqa: E402
+from funaudiochat.testing import duplex_head_bias, word_tokenizer  # noqa: E402
 
 SAMPLES_PER_TOKEN = 640  # the fake detokenizer: 40 ms at 16 kHz per 25 Hz speech token
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -112,20 +112,7 @@ def head_bias(duplex_model):
     """``with head_bias(start=10.0): ...`` sets the served duplex head's bias (its weights are ~0, so the
     bias decides the action); the runner reads it at its next step, and it is restored afterwards."""
 
-    @contextlib.contextmanager
-    def set_bias(**bias: float):
-        old = duplex_model.duplex_head.bias.detach().clone()
-        with torch.no_grad():
-            duplex_model.duplex_head.bias.zero_()
-            for name, value in bias.items():
-                duplex_model.duplex_head.bias[ACTIONS.index(name)] = value
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                duplex_model.duplex_head.bias.copy_(old)
-
-    return set_bias
+    return functools.partial(duplex_head_bias, duplex_model)
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:

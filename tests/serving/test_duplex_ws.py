@@ -22,6 +22,8 @@ from funaudiochat.duplex.engine import AudioChunk, Stopped, TurnStart
 from funaudiochat.duplex.model import STEP_SAMPLES
 from funaudiochat.serving.protocol import DUPLEX_PROTOCOL_VERSION
 
+from funaudiochat.testing import GatedHead
+
 from .conftest import ToneDetokenizer, noise, pcm16, recv_json
 
 TALK = dict(start=10.0, speak=9.0)  # takes the floor at once and keeps it
@@ -222,26 +224,6 @@ def test_unsent_audio_of_a_stopped_turn_is_dropped_and_a_slow_client_ends(duplex
 
 
 # ---------------------------------------------------------------------- the microphone never waits
-class GatedHead(torch.nn.Module):
-    """Wraps the action head so that the test decides when a model step may finish."""
-
-    def __init__(self, head: torch.nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    @property
-    def weight(self) -> torch.Tensor:  # action_logits casts to its dtype
-        return self.head.weight
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        self.entered.set()
-        if not self.release.wait(30):
-            raise TimeoutError("the test never released the gate")
-        return self.head(hidden)
-
-
 def test_audio_and_control_frames_are_taken_while_the_model_is_busy(duplex_server, duplex_model):
     head = duplex_model.duplex_head
     gate = GatedHead(head)
