@@ -4,7 +4,7 @@
   sha1(id) so the same item always gets the same voice (deterministic and resumable).
 * Answer audio: piper "joe" (the assistant voice the detokenizer speaks), turned into 25 Hz speech
   tokens with the shipped :class:`KMeansSpeechTokenizer` (1024 tokens).
-* SFT JSONL (docs/data-format.md), three records per question, each under the system prompt that
+* SFT JSONL (docs/data-format.md), four records per question, each under the system prompt that
   inference uses for its mode (``funaudiochat.prompts``), so the model learns what the CLI, the server
   and ``funaudiochat eval`` ask of it:
 
@@ -12,7 +12,9 @@
   - ``spoken_qa_text``: user audio -> answer text only (``SPEECH_TO_TEXT``);
   - ``asr``: user audio + ``TRANSCRIBE_INSTRUCTION`` -> the question's text (``SPEECH_TO_TEXT``).
     Transcription gives every question word a target, which aligns the new adapter with the
-    frozen backbone much faster than the short answers alone (the pre-alignment stage).
+    frozen backbone much faster than the short answers alone (the pre-alignment stage);
+  - ``asr`` (id ``<qid>:asr_answer``): the answer's recording -> the answer's text, twice the
+    transcription material from audio that exists anyway.
 * DPO JSONL, one task ("robustness"): the question with white noise at 5-15 dB SNR; chosen = the
   clean answer, rejected = the answer to a different question.
 
@@ -125,6 +127,16 @@ def _read_tokens(path: Path) -> dict[str, list[int]]:
     return out
 
 
+def _answer_asr_record(q: Question, answer: str, audio: str) -> dict:
+    """Transcription of the answer's recording (assistant voice): more words for the speech adapter."""
+    return {"id": f"{q.id}:asr_answer", "task": ASR_TASK,
+            "meta": {"source": q.source, "tts": [ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0]},
+            "messages": [
+                {"role": "system", "content": SPEECH_TO_TEXT},
+                {"role": "user", "content": TRANSCRIBE_INSTRUCTION, "audio": audio},
+                {"role": "assistant", "content": answer}]}
+
+
 def _sft_records(q: Question, answer: str, tokens: list[int], audio: str, tts: tuple) -> list[dict]:
     """The three SFT records of one question (spoken reply, text reply, transcription)."""
     meta = {"source": q.source, "tts": list(tts)}
@@ -188,6 +200,10 @@ def build_speech_data(
                 tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
                 tok_file.flush()
             sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed)))
+            # The answer's recording doubles the transcription material at no TTS cost (it exists for
+            # its speech tokens); a cached-token rerun whose wav is gone re-speaks it deterministically.
+            _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
+            sft.append(_answer_asr_record(q, answers[q.id], f"wav/{name}_a.wav"))
     for i, q in enumerate(questions):
         other = questions[(i + 1) % len(questions)]
         if answers[other.id] == answers[q.id]:

@@ -133,6 +133,9 @@ class OptimSection:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    #: Parameter-name prefix -> multiplier of the scheduled lr (the longest matching prefix wins), e.g.
+    #: a pretrained encoder at a tenth of the lr of the new adapter behind it.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -342,6 +345,11 @@ def _check_values(recipe: Recipe) -> list[str]:
         p.append(f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         p.append(f"optim.betas: must be two numbers in [0, 1), got {o.betas}")
+    for prefix, mult in o.lr_scale.items():
+        if not isinstance(prefix, str) or not prefix:
+            p.append(f"optim.lr_scale: keys must be non-empty parameter-name prefixes, got {prefix!r}")
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+            p.append(f"optim.lr_scale[{prefix!r}]: must be a number > 0, got {mult!r}")
     if not recipe.dpo.beta > 0:
         p.append(f"dpo.beta: must be > 0, got {recipe.dpo.beta}")
     if not 0 <= recipe.dpo.label_smoothing < 0.5:

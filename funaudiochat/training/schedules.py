@@ -76,11 +76,11 @@ def warmup_cosine_scheduler(
 ) -> LambdaLR:
     """LambdaLR following :class:`WarmupCosine`; call ``scheduler.step()`` once per optimizer step.
 
-    The optimizer's param groups are set to ``lr_max`` first, because LambdaLR multiplies each group's
-    initial lr by the factor; groups meant to use a different lr must be scaled by the caller.
+    The optimizer's param groups are set to ``lr_max`` times their ``lr_scale`` (default 1) first,
+    because LambdaLR multiplies each group's initial lr by the factor.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr_max
+        group["lr"] = lr_max * group.get("lr_scale", 1.0)
         group.pop("initial_lr", None)
     schedule = WarmupCosine(warmup_steps, total_steps, lr_max, lr_min, warmup_init_ratio)
     return LambdaLR(optimizer, schedule)

@@ -133,12 +133,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps: int
 
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices (not on biases and norm scales)."""
+    """AdamW; weight decay only on matrices (not on biases and norm scales); ``optim.lr_scale``
+    puts parameters under a prefix in their own group, whose ``lr_scale`` the scheduler applies."""
     o = recipe.optim
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr_max, betas=tuple(o.betas), eps=o.eps)
+    prefixes = sorted(o.lr_scale, key=len, reverse=True)
+    used: set[str] = set()
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        hit = next((x for x in prefixes if name.startswith(x)), None)
+        if hit is not None:
+            used.add(hit)
+        groups.setdefault((o.lr_scale[hit] if hit else 1.0, p.ndim >= 2), []).append(p)
+    unused = [x for x in o.lr_scale if x not in used]
+    if unused:
+        raise ValueError(f"optim.lr_scale: no trainable parameter starts with {unused}")
+    param_groups = [
+        {"params": ps, "weight_decay": o.weight_decay if decay else 0.0, "lr_scale": scale}
+        for (scale, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0] != 1.0, not kv[0][1]))
+    ]
+    return torch.optim.AdamW(param_groups, lr=o.lr_max, betas=tuple(o.betas), eps=o.eps)
 
 
 # ----------------------------------------------------------------------------------- logging

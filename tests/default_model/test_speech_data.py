@@ -20,3 +20,33 @@ def test_build_speech_data_checks_inputs(tmp_path):
         build_speech_data(qs[:1], {"a": "One."}, tmp_path)
     with pytest.raises(ValueError, match=r"no answer for questions \['b'\]"):
         build_speech_data(qs, {"a": "One."}, tmp_path)
+
+
+def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
+    """With the wavs and answer tokens cached, no TTS engine or tokenizer runs, and every question
+    gets its spoken reply, text reply, question transcription and answer transcription."""
+    import json
+
+    import numpy as np
+
+    from funaudiochat.speech.audio import write_wav_atomic
+
+    qs = [Question("a", "What is one?", "builtin"), Question("b", "What is two?", "builtin")]
+    answers = {"a": "One.", "b": "Two."}
+    wav = tmp_path / "data" / "wav"
+    wav.mkdir(parents=True)
+    tone = (0.1 * np.sin(np.arange(8000) / 5.0)).astype(np.float32)
+    for q in qs:
+        write_wav_atomic(wav / f"{q.id}_q.wav", tone, 16000)
+        write_wav_atomic(wav / f"{q.id}_a.wav", tone, 16000)
+    (tmp_path / "data" / "answer_tokens.jsonl").write_text(
+        "".join(json.dumps({"id": q.id, "tokens": [1, 2, 3]}) + "\n" for q in qs))
+    out = build_speech_data(qs, answers, tmp_path)
+    rows = [json.loads(line) for line in out.sft.read_text().splitlines()]
+    assert out.n_sft == 8 and len(rows) == 8
+    assert [r["id"] for r in rows[:4]] == ["a", "a:text", "a:asr", "a:asr_answer"]
+    asr_a = rows[3]
+    assert asr_a["task"] == "asr"
+    assert asr_a["messages"][1]["audio"] == "wav/a_a.wav"
+    assert asr_a["messages"][2] == {"role": "assistant", "content": "One."}
+    assert (wav / "a_q_noisy.wav").is_file() and out.n_dpo == 2
