@@ -94,8 +94,11 @@ class BuildConfig:
         slow_encoder = {ENCODER_PREFIX: 0.1, ADAPTER_PREFIX: 1.0, "continuous_audio_tower.audio_bos_eos_token.": 1.0}
 
         def spec(steps: int, lr_max: float, lr_min: float, batch: int, **kw) -> StageSpec:
-            return StageSpec(max(2, round(steps * scale)), lr_max, lr_min, batch_size=batch,
-                             mixed_precision="bf16", num_workers=6, lr_scale=dict(slow_encoder), **kw)
+            n = max(2, round(steps * scale))
+            # One resumable checkpoint per stage: each save writes the whole fp32 model and took 10-25 s
+            # on the H200 machine, against 15-30 s of training per quarter stage.
+            return StageSpec(n, lr_max, lr_min, batch_size=batch, mixed_precision="bf16", num_workers=6,
+                             lr_scale=dict(slow_encoder), save_every=max(n // 2, 1), **kw)
 
         cfg = cls()
         cfg.stages = {

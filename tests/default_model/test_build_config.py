@@ -1,0 +1,39 @@
+"""Build presets: the GPU preset's stage sizes, and the recipes they write validate."""
+
+import pytest
+
+from funaudiochat.cli import main
+from funaudiochat.default_model.build import ADAPTER_PREFIX, ENCODER_PREFIX, STAGES, BuildConfig, write_recipes
+from funaudiochat.training.recipes import load_recipe
+
+
+def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
+    cpu, gpu, half = BuildConfig(), BuildConfig.gpu(), BuildConfig.gpu(0.5)
+    assert list(gpu.stages) == list(STAGES) == list(cpu.stages)
+    assert [s.max_steps for s in gpu.stages.values()] == [1600, 1400, 450, 200]
+    assert [s.max_steps for s in half.stages.values()] == [800, 700, 225, 100]
+    assert BuildConfig.gpu(1e-6).stages["dpo"].max_steps == 2  # never below 2 steps
+    assert gpu.total_lora_rank == 32 and cpu.total_lora_rank == 24
+    assert all(s.mixed_precision == "bf16" and s.batch_size >= 16 for s in gpu.stages.values())
+    assert all(s.mixed_precision == "no" and s.num_workers == 0 and not s.lr_scale for s in cpu.stages.values())
+    assert gpu.stages["pre_alignment"].freeze == ["language_model."]
+
+
+def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
+    paths = write_recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl")
+    for name in STAGES:
+        r = load_recipe(paths[name])
+        assert r.train.mixed_precision == "bf16" and r.data.num_workers == 6
+        assert r.optim.lr_scale[ENCODER_PREFIX] == 0.1 and r.optim.lr_scale[ADAPTER_PREFIX] == 1.0
+        assert r.output.save_every == r.train.max_steps // 2
+    assert load_recipe(paths["core_cocktail_stage1"]).train.lora.r == 16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "2"], "--scale applies to --preset gpu only"),
+    (["--preset", "gpu", "--scale", "0"], "--scale must be > 0"),
+    (["--preset", "gpu", "--smoke"], "--smoke already sizes every stage"),
+])
+def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["build-default", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *args])
