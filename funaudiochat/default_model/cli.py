@@ -30,7 +30,7 @@ def _log_duplex(res) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from funaudiochat.default_model.build import BuildConfig, run_build
+    from funaudiochat.default_model.build import BuildConfig, SRHRefineSpec, run_build
 
     if args.scale <= 0:
         raise SystemExit(f"error: --scale must be > 0, got {args.scale}")
@@ -41,6 +41,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig.gpu(args.scale) if args.preset == "gpu" else None
     if cfg is None and args.scale != 1.0:
         raise SystemExit("error: --scale applies to --preset gpu only")
+    if args.srh_refine is not None:
+        if args.smoke:
+            raise SystemExit("error: --smoke already sizes every stage (its SRH stage included); leave out --srh-refine")
+        if args.srh_refine < 1:
+            raise SystemExit(f"error: --srh-refine needs a step count >= 1, got {args.srh_refine}")
+        cfg = cfg or BuildConfig()
+        cfg.srh = SRHRefineSpec(steps=args.srh_refine)
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -78,6 +85,9 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "bf16 with 4x the batch (10 minutes on one H200, docs/default-model.md)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
+    p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
+                   help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
+                   "states (off by default; docs/default-model.md)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

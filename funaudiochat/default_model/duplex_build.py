@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from funaudiochat.default_model import package as pkg
-from funaudiochat.default_model.build import StageSpec, _recipe, _Timer, _train_stage
+from funaudiochat.default_model.build import StageSpec, _recipe, _Timer, _train_stage, final_model_dir
 from funaudiochat.duplex.timeline import DuplexConfig
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _work_paths(work: Path) -> dict[str, Path]:
         "cache": work / "duplex" / "cache",
         "recipe": work / "recipes" / f"{STAGE}.yaml",
         "run": work / "runs" / STAGE,
-        "start": work / "runs" / "dpo" / "final",
+        "start": final_model_dir(work),
     }
 
 

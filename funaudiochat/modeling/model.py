@@ -55,6 +55,9 @@ class FunAudioChatOutput(ModelOutput):
     speech_labels: torch.Tensor | None = None
     cache: object | None = None
     last_hidden_state: torch.Tensor | None = None
+    #: The text embeddings the SRH is conditioned on (with the aligned transcript at speech positions);
+    #: with ``last_hidden_state`` and ``speech_labels`` they are all the head's inputs.
+    text_embeds: torch.Tensor | None = None
 
 
 @dataclass
@@ -331,6 +334,7 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
             speech_labels=speech_labels,
             cache=out.cache if use_cache else None,
             last_hidden_state=hidden,
+            text_embeds=text_embeds,
         )
 
     def refined_speech(

@@ -17,6 +17,8 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert all(s.mixed_precision == "bf16" and s.batch_size >= 16 for s in gpu.stages.values())
     assert all(s.mixed_precision == "no" and s.num_workers == 0 and not s.lr_scale for s in cpu.stages.values())
     assert gpu.stages["pre_alignment"].freeze == ["language_model."]
+    # the SRH-only stage is opt-in for full builds; the smoke build runs it so every stage is exercised
+    assert cpu.srh is None and gpu.srh is None and BuildConfig.smoke().srh.steps == 2
 
 
 def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
@@ -33,6 +35,8 @@ def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
     (["--scale", "2"], "--scale applies to --preset gpu only"),
     (["--preset", "gpu", "--scale", "0"], "--scale must be > 0"),
     (["--preset", "gpu", "--smoke"], "--smoke already sizes every stage"),
+    (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
+    (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
 ])
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

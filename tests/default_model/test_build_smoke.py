@@ -56,7 +56,16 @@ def test_smoke_build_outputs(smoke_build):
         assert (work / "runs" / stage / "final" / "config.json").is_file()
         assert (work / "recipes" / f"{stage}.yaml").is_file()
     assert (work / "runs" / "merged" / "merge_info.json").is_file()
-    assert set(smoke_build.timings) >= {"answers", "speech_data", "dpo", "package"}
+    assert set(smoke_build.timings) >= {"answers", "speech_data", "dpo", "srh_refine", "package"}
+    # the SRH stage: 4 replies cached, 1 held out, 2 steps logged; only the head differs from DPO's model
+    srh = json.loads((work / "runs" / "srh_refine" / "final" / "srh_refine.json").read_text())
+    assert (srh["rows"], srh["held_out_rows"]) == (3, 1)
+    assert len((work / "runs" / "srh_refine" / "metrics.jsonl").read_text().splitlines()) == 2
+    from safetensors.torch import load_file
+
+    dpo_state, srh_state = (load_file(str(work / "runs" / s / "final" / "model.safetensors")) for s in ("dpo", "srh_refine"))
+    assert {k for k in dpo_state if not torch.equal(dpo_state[k], srh_state[k])} <= {
+        k for k in dpo_state if k.startswith("audio_invert_tower.")}
     # fp16 storage of a tiny trained change: close to the fp32 trained model, not equal
     assert smoke_build.max_logit_diff_vs_trained < 0.1
 
@@ -95,7 +104,7 @@ def test_smoke_duplex_stage(smoke_build):
     assert len(records) == res.n_dialogues == 2
     assert {r.id.split("/")[0] for r in records} <= question_ids  # only the build's own training questions
     recipe = yaml.safe_load((work / "recipes" / "duplex.yaml").read_text())
-    assert recipe["stage"] == "duplex" and recipe["model"]["path"] == str(work / "runs" / "dpo" / "final")
+    assert recipe["stage"] == "duplex" and recipe["model"]["path"] == str(work / "runs" / "srh_refine" / "final")
     assert (work / "runs" / "duplex" / "final" / "config.json").is_file()
     assert set(json.loads((work / "timings_duplex.json").read_text())) == {"duplex_data", "duplex", "duplex_package"}
     assert res.curve["steps"] == 2 and res.curve["last"]["action_accuracy"] is not None

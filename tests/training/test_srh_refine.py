@@ -1,0 +1,68 @@
+"""SRH refinement on cached backbone states: the cache reproduces the model's own speech loss, and
+training moves the head alone."""
+
+import json
+
+import pytest
+import torch
+
+from funaudiochat.config import tiny_config
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.testing import synthetic_batch
+from funaudiochat.training.srh_refine import cache_rows, evaluate_srh, srh_rows, train_srh
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return FunAudioChatForConditionalGeneration(tiny_config()).eval()
+
+
+def test_cached_rows_give_the_forward_speech_loss_exactly():
+    model = _model()
+    batch = synthetic_batch(model.config, batch_size=3, seed=1)
+    with torch.no_grad():
+        want = model(**batch).speech_loss
+    rows = srh_rows(model, batch, context_groups=10**6)  # whole sequence: the forward's own context
+    assert len(rows) == 3
+    got = evaluate_srh(model, rows, batch_size=3)["loss"]
+    assert got == pytest.approx(float(want), rel=2e-3)  # fp16 storage of the conditions
+
+
+def test_rows_keep_the_spoken_span_and_the_asked_context():
+    model = _model()
+    batch = synthetic_batch(model.config, batch_size=2, seed=2)
+    k, ignore = model.group_size, model.config.ignore_index
+    full = srh_rows(model, batch, context_groups=10**6)
+    short = srh_rows(model, batch, context_groups=1)
+    for f, s in zip(full, short):
+        spoken = torch.nonzero(f.targets != ignore).flatten()
+        first_group = int(spoken[0]) // k
+        assert s.conditions.shape[0] == f.conditions.shape[0] - (first_group - 1)
+        assert s.prev.shape[0] == s.targets.shape[0] == k * s.conditions.shape[0]
+        assert torch.equal(s.targets, f.targets[k * (first_group - 1):])  # every target is kept
+        assert torch.equal(s.conditions, f.conditions[first_group - 1:])
+
+
+def test_training_lowers_the_loss_and_touches_only_the_head(tmp_path):
+    model = _model()
+    rows = cache_rows(model, [synthetic_batch(model.config, batch_size=2, seed=s) for s in range(3)])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    start = evaluate_srh(model, rows)["loss"]
+    log = train_srh(model, rows, steps=30, batch_size=4, lr_max=1e-2, lr_min=1e-3, warmup_steps=3,
+                    val_rows=rows[:2], eval_every=10, metrics_path=tmp_path / "m.jsonl")
+    assert evaluate_srh(model, rows)["loss"] < 0.9 * start  # random speech tokens: memorised, slowly
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("audio_invert_tower.") for n in changed)
+    # the speech table is tied to the head's output layer and feeds the backbone: it must not move
+    assert model.audio_invert_tower.lm_head.weight is model.audio_tower.embed_tokens.weight
+    assert "audio_tower.embed_tokens.weight" not in changed
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 31)) == [x["step"] for x in log]
+    assert {x["step"] for x in lines if "val_loss" in x} == {10, 20, 30}
+
+
+def test_nothing_to_train_is_an_error():
+    with pytest.raises(ValueError, match="no SRH rows"):
+        train_srh(_model(), [], steps=1)
