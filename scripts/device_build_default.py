@@ -141,7 +141,7 @@ def main():
     qs = read_questions(WORK / "questions.jsonl")
     from funaudiochat.default_model.answers import read_answer_cache
     answers = read_answer_cache(WORK / "answers.jsonl")
-    data = build_speech_data(qs, answers, WORK)
+    data = build_speech_data(qs, answers, WORK, answer_asr=True)  # as BuildConfig.gpu() asks
     stamp(f"speech data: {data.n_sft} SFT, {data.n_dpo} DPO records")
     if os.environ.get("FAC_SCALE"):
         scale = float(os.environ["FAC_SCALE"])

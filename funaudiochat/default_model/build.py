@@ -79,6 +79,8 @@ class BuildConfig:
     answer_max_new_tokens: int = 40
     merge_alpha: float = 0.5
     seed: int = 0
+    #: Also transcribe the answers' recordings (a fourth SFT record per question; the GPU preset).
+    answer_asr: bool = False
     # Sized so the whole build fits in 90 minutes on a 2-core CPU (docs/default-model.md). The new
     # adapter starts from random weights, hence the higher pre-alignment lr.
     stages: dict[str, StageSpec] = field(default_factory=lambda: {
@@ -121,7 +123,7 @@ class BuildConfig:
             return StageSpec(n, lr_max, lr_min, batch_size=batch, mixed_precision="bf16", num_workers=6,
                              lr_scale=dict(slow_encoder), save_every=max(n // 2, 1), **kw)
 
-        cfg = cls()
+        cfg = cls(answer_asr=True)
         cfg.stages = {
             "pre_alignment": spec(1600, 3e-4, 3e-5, 32, freeze=["language_model."]),
             "core_cocktail_stage1": spec(1400, 1e-4, 1e-5, 32, lora_r=16),
@@ -363,7 +365,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
         write_questions(qpath, questions)
     logger.info("%d training questions (ids in %s)", len(questions), qpath)
     answers = timer.run("answers", _answers_stage, work, questions, cfg)
-    data = timer.run("speech_data", build_speech_data, questions, answers, work)
+    data = timer.run("speech_data", build_speech_data, questions, answers, work, answer_asr=cfg.answer_asr)
     timer.run("init_model", _init_stage, work, cfg.seed)
     recipes = write_recipes(work, cfg, data.sft, data.dpo)
     for name in STAGES[:2]:

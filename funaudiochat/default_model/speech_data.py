@@ -4,7 +4,7 @@
   sha1(id) so the same item always gets the same voice (deterministic and resumable).
 * Answer audio: piper "joe" (the assistant voice the detokenizer speaks), turned into 25 Hz speech
   tokens with the shipped :class:`KMeansSpeechTokenizer` (1024 tokens).
-* SFT JSONL (docs/data-format.md), four records per question, each under the system prompt that
+* SFT JSONL (docs/data-format.md), three (or four) records per question, each under the system prompt that
   inference uses for its mode (``funaudiochat.prompts``), so the model learns what the CLI, the server
   and ``funaudiochat eval`` ask of it:
 
@@ -13,8 +13,8 @@
   - ``asr``: user audio + ``TRANSCRIBE_INSTRUCTION`` -> the question's text (``SPEECH_TO_TEXT``).
     Transcription gives every question word a target, which aligns the new adapter with the
     frozen backbone much faster than the short answers alone (the pre-alignment stage);
-  - ``asr`` (id ``<qid>:asr_answer``): the answer's recording -> the answer's text, twice the
-    transcription material from audio that exists anyway.
+  - with ``answer_asr`` (the GPU preset), ``asr`` (id ``<qid>:asr_answer``): the answer's recording
+    -> the answer's text, twice the transcription material from audio that exists anyway.
 * DPO JSONL, one task ("robustness"): the question with white noise at 5-15 dB SNR; chosen = the
   clean answer, rejected = the answer to a different question.
 
@@ -163,8 +163,12 @@ def build_speech_data(
     work_dir: str | Path,
     speech_tokenizer=None,
     snr_range: tuple[float, float] = (5.0, 15.0),
+    answer_asr: bool = False,
 ) -> SpeechData:
-    """Synthesize, tokenize and write ``sft.jsonl`` + ``dpo.jsonl`` under ``work_dir/data``."""
+    """Synthesize, tokenize and write ``sft.jsonl`` + ``dpo.jsonl`` under ``work_dir/data``.
+
+    ``answer_asr`` adds a fourth record per question: the transcription of the answer's recording.
+    """
     from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
     from funaudiochat.training.data import validate_jsonl
 
@@ -200,10 +204,11 @@ def build_speech_data(
                 tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
                 tok_file.flush()
             sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed)))
-            # The answer's recording doubles the transcription material at no TTS cost (it exists for
-            # its speech tokens); a cached-token rerun whose wav is gone re-speaks it deterministically.
-            _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
-            sft.append(_answer_asr_record(q, answers[q.id], f"wav/{name}_a.wav"))
+            if answer_asr:
+                # The answer's recording doubles the transcription material at no TTS cost (it exists for
+                # its speech tokens); a cached-token rerun whose wav is gone re-speaks it deterministically.
+                _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
+                sft.append(_answer_asr_record(q, answers[q.id], f"wav/{name}_a.wav"))
     for i, q in enumerate(questions):
         other = questions[(i + 1) % len(questions)]
         if answers[other.id] == answers[q.id]:

@@ -14,6 +14,7 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert [s.max_steps for s in half.stages.values()] == [800, 700, 225, 100]
     assert BuildConfig.gpu(1e-6).stages["dpo"].max_steps == 2  # never below 2 steps
     assert gpu.total_lora_rank == 32 and cpu.total_lora_rank == 24
+    assert gpu.answer_asr and not cpu.answer_asr  # the shipped CPU build had three records per question
     assert all(s.mixed_precision == "bf16" and s.batch_size >= 16 for s in gpu.stages.values())
     assert all(s.mixed_precision == "no" and s.num_workers == 0 and not s.lr_scale for s in cpu.stages.values())
     assert gpu.stages["pre_alignment"].freeze == ["language_model."]

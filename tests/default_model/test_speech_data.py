@@ -23,8 +23,8 @@ def test_build_speech_data_checks_inputs(tmp_path):
 
 
 def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
-    """With the wavs and answer tokens cached, no TTS engine or tokenizer runs, and every question
-    gets its spoken reply, text reply, question transcription and answer transcription."""
+    """With the wavs and answer tokens cached, no TTS engine or tokenizer runs; with ``answer_asr`` every
+    question gets its spoken reply, text reply, question transcription and answer transcription."""
     import json
 
     import numpy as np
@@ -41,7 +41,8 @@ def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
         write_wav_atomic(wav / f"{q.id}_a.wav", tone, 16000)
     (tmp_path / "data" / "answer_tokens.jsonl").write_text(
         "".join(json.dumps({"id": q.id, "tokens": [1, 2, 3]}) + "\n" for q in qs))
-    out = build_speech_data(qs, answers, tmp_path)
+    assert build_speech_data(qs, answers, tmp_path).n_sft == 6  # three records each by default
+    out = build_speech_data(qs, answers, tmp_path, answer_asr=True)
     rows = [json.loads(line) for line in out.sft.read_text().splitlines()]
     assert out.n_sft == 8 and len(rows) == 8
     assert [r["id"] for r in rows[:4]] == ["a", "a:text", "a:asr", "a:asr_answer"]
