@@ -256,6 +256,7 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         cache=None,
         use_cache: bool | None = None,
         compute_speech_logits: bool | None = None,
+        labelled_logits_only: bool = False,
         **kwargs,
     ) -> FunAudioChatOutput:
         """Training and prefill forward pass.
@@ -264,7 +265,8 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         pad ids and take their content from ``input_features``; assistant items carry real speech
         tokens with the BOS delay).  Text and speech logits are both at 5 Hz positions; speech
         logits are [B, k*L, V_speech].  The SRH runs when speech labels exist or when
-        ``compute_speech_logits`` is set.
+        ``compute_speech_logits`` is set.  ``labelled_logits_only`` (training) computes the text head
+        at labelled positions only, for the loss, and returns ``logits=None``.
         """
         if cache is None and "past_key_values" in kwargs:  # the released model's name for it
             cache = kwargs.pop("past_key_values")
@@ -293,7 +295,10 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
             use_cache=use_cache,
         )
         hidden = out.last_hidden_state
-        logits = self.language_model.get_output_embeddings()(hidden)
+        head = self.language_model.get_output_embeddings()
+        if labelled_logits_only and labels is None:
+            raise ValueError("labelled_logits_only needs labels: it computes text logits at labelled positions only")
+        logits = None if labelled_logits_only else head(hidden)
 
         text_loss = speech_loss = speech_logits = speech_labels = None
         ignore = self.config.ignore_index
@@ -305,9 +310,13 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
                     k=self.group_size, audio_eos_id=self.config.audio_eos_id,
                     speech_eos_id=self.config.audio_config.eos_token_id, ignore_index=ignore,
                 )
-            text_loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), text_labels[:, 1:].flatten(), ignore_index=ignore
-            )
+            targets = text_labels[:, 1:]
+            if labelled_logits_only:
+                # The 49k-way head on labelled positions only: in training most positions are prompt.
+                keep = targets != ignore
+                text_loss = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep])
+            else:
+                text_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=ignore)
         has_speech_targets = speech_labels is not None and bool((speech_labels != ignore).any())
         if self.audio_invert_tower is not None and (compute_speech_logits or (compute_speech_logits is None and has_speech_targets)):
             k = self.group_size

@@ -413,7 +413,8 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
                     dpo_metrics.append(res.metrics())
                     dpo_tasks += tasks
                 else:
-                    out = model(**batch)
+                    # SFT needs the 49k-way text head only where there are labels (most positions are prompt)
+                    out = model(**batch) if is_duplex else model(**batch, labelled_logits_only=True)
                     loss = out.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

@@ -160,3 +160,22 @@ def test_assemble_rejects_wrong_encoder_weights(tmp_path):
                        state_dict={"conv1.weight": torch.zeros(64, 80, 3), "bogus": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected \\['bogus'\\]"):
         assemble_from_parts(tmp_path / "llm", encoder=spec, srh_config=tiny_config().audio_config.crq_transformer_config)
+
+
+def test_labelled_logits_only_gives_the_same_losses_and_gradients():
+    model = make()
+    batch = synthetic_batch(model.config, batch_size=3, seed=4)
+    full = model(**batch)
+    full.loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    lean = model(**batch, labelled_logits_only=True)
+    lean.loss.backward()
+    assert lean.logits is None and full.logits is not None
+    torch.testing.assert_close(lean.text_loss, full.text_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.speech_loss, full.speech_loss)
+    for n, p in model.named_parameters():
+        if n in want:
+            torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=n)
+    with pytest.raises(ValueError, match="labelled_logits_only needs labels"):
+        model(**{k: v for k, v in batch.items() if k != "labels"}, labelled_logits_only=True)
