@@ -120,14 +120,19 @@ def _sampling(value: Any, name: str, base: Sampling) -> Sampling:
     return out
 
 
-def apply_session_update(config: SessionConfig, update: Any, max_output_seconds: float, voices: tuple[str, ...] | None) -> SessionConfig:
-    """A new config with ``update`` applied; raises :class:`ProtocolError` naming the bad field."""
+def _check_update_fields(update: Any, config_type: type) -> None:
+    """A session update must be an object naming only fields of ``config_type``."""
     if not isinstance(update, dict):
         raise ProtocolError("invalid_value", f"session must be an object, got {type(update).__name__}")
-    allowed = set(SessionConfig.__dataclass_fields__)
+    allowed = set(config_type.__dataclass_fields__)
     unknown = sorted(set(update) - allowed)
     if unknown:
         raise ProtocolError("invalid_value", f"session: unknown fields {unknown}; allowed: {sorted(allowed)}")
+
+
+def apply_session_update(config: SessionConfig, update: Any, max_output_seconds: float, voices: tuple[str, ...] | None) -> SessionConfig:
+    """A new config with ``update`` applied; raises :class:`ProtocolError` naming the bad field."""
+    _check_update_fields(update, SessionConfig)
     new = SessionConfig(**{**asdict(config), "text_sampling": config.text_sampling, "speech_sampling": config.speech_sampling})
     if "mode" in update:
         if update["mode"] not in MODES:
@@ -204,12 +209,7 @@ def apply_duplex_update(
     config: DuplexSessionConfig, update: Any, max_turn_seconds: float, voices: tuple[str, ...] | None
 ) -> DuplexSessionConfig:
     """A new duplex config with ``update`` applied; raises :class:`ProtocolError` naming the bad field."""
-    if not isinstance(update, dict):
-        raise ProtocolError("invalid_value", f"session must be an object, got {type(update).__name__}")
-    allowed = set(DuplexSessionConfig.__dataclass_fields__)
-    unknown = sorted(set(update) - allowed)
-    if unknown:
-        raise ProtocolError("invalid_value", f"session: unknown fields {unknown}; allowed: {sorted(allowed)}")
+    _check_update_fields(update, DuplexSessionConfig)
     new = DuplexSessionConfig(**{**asdict(config), "text_sampling": config.text_sampling,
                                  "speech_sampling": config.speech_sampling})
     if "instructions" in update:

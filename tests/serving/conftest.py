@@ -148,6 +148,22 @@ async def recv_json(ws, timeout: float = 60.0) -> dict:
             return json.loads(frame)
 
 
+async def error_then_pong(ws, frame: str) -> tuple[dict, dict]:
+    """Send a bad ``frame``, then a ping: the error event, and the pong that shows the session lives on."""
+    await ws.send(frame)
+    err = await recv_json(ws)
+    await ws.send(json.dumps({"type": "ping", "id": 7}))
+    pong = await recv_json(ws)
+    await ws.close()
+    return err, pong
+
+
+def assert_error_and_alive(err: dict, pong: dict, code: str) -> None:
+    assert err["type"] == "error" and err["error"]["code"] == code, err
+    assert err["error"]["message"]
+    assert pong == {"type": "pong", "id": 7}
+
+
 async def until(ws, kind: str, timeout: float = 60.0) -> tuple[dict, list[dict], list[bytes]]:
     """Read until an event of type ``kind``; returns it, the JSON events before it and the binary frames."""
     events, binary = [], []

@@ -24,7 +24,7 @@ from funaudiochat.serving.protocol import DUPLEX_PROTOCOL_VERSION
 
 from funaudiochat.testing import GatedHead
 
-from .conftest import ToneDetokenizer, noise, pcm16, recv_json
+from .conftest import assert_error_and_alive, error_then_pong, ToneDetokenizer, noise, pcm16, recv_json
 
 TALK = dict(start=10.0, speak=9.0)  # takes the floor at once and keeps it
 QUIET = dict(listen=10.0)  # yields the floor (a turn in progress ends normally)
@@ -299,17 +299,9 @@ def test_the_duplex_server_says_so(duplex_server):
 def test_malformed_frames_get_error_events_and_the_session_survives(duplex_server, frame, code):
     async def main():
         ws, _ = await open_duplex(duplex_server)
-        await ws.send(frame)
-        err = await recv_json(ws)
-        await ws.send(json.dumps({"type": "ping", "id": 7}))
-        pong = await recv_json(ws)
-        await ws.close()
-        return err, pong
+        return await error_then_pong(ws, frame)
 
-    err, pong = run(main())
-    assert err["type"] == "error" and err["error"]["code"] == code, err
-    assert err["error"]["message"]
-    assert pong == {"type": "pong", "id": 7}
+    assert_error_and_alive(*run(main()), code)
 
 
 def test_settings_are_fixed_once_the_audio_starts(duplex_server):

@@ -13,7 +13,7 @@ import websockets
 
 from funaudiochat.serving.protocol import PROTOCOL_VERSION
 
-from .conftest import SAMPLES_PER_TOKEN, ToneDetokenizer, espeak_wav, noise, pcm16, recv_json, until
+from .conftest import assert_error_and_alive, error_then_pong, SAMPLES_PER_TOKEN, ToneDetokenizer, espeak_wav, noise, pcm16, recv_json, until
 
 
 def run(coro):
@@ -133,17 +133,9 @@ def test_barge_in_cancels_and_keeps_only_what_was_heard(server):
 def test_malformed_frames_get_error_events_and_the_session_survives(server, frame, code):
     async def main():
         ws, _ = await open_session(server, turn_detection="none")
-        await ws.send(frame)
-        err = await recv_json(ws)
-        await ws.send(json.dumps({"type": "ping", "id": 7}))
-        pong = await recv_json(ws)
-        await ws.close()
-        return err, pong
+        return await error_then_pong(ws, frame)
 
-    err, pong = run(main())
-    assert err["type"] == "error" and err["error"]["code"] == code, err
-    assert err["error"]["message"]
-    assert pong == {"type": "pong", "id": 7}
+    assert_error_and_alive(*run(main()), code)
 
 
 def test_base64_audio_and_silence_are_checked(server):
