@@ -164,6 +164,19 @@ def assert_error_and_alive(err: dict, pong: dict, code: str) -> None:
     assert pong == {"type": "pong", "id": 7}
 
 
+async def refused_when_full(held: list, url: str):
+    """With ``held`` sessions filling the server, a new connection's error event and close frame."""
+    import websockets
+
+    extra = await websockets.connect(url)
+    err = await recv_json(extra)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv_json(extra)
+    for ws, _ in held:
+        await ws.close()
+    return err, closed.value
+
+
 async def until(ws, kind: str, timeout: float = 60.0) -> tuple[dict, list[dict], list[bytes]]:
     """Read until an event of type ``kind``; returns it, the JSON events before it and the binary frames."""
     events, binary = [], []

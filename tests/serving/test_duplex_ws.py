@@ -24,7 +24,7 @@ from funaudiochat.serving.protocol import DUPLEX_PROTOCOL_VERSION
 
 from funaudiochat.testing import GatedHead
 
-from .conftest import assert_error_and_alive, error_then_pong, ToneDetokenizer, noise, pcm16, recv_json
+from .conftest import refused_when_full, assert_error_and_alive, error_then_pong, ToneDetokenizer, noise, pcm16, recv_json
 
 TALK = dict(start=10.0, speak=9.0)  # takes the floor at once and keeps it
 QUIET = dict(listen=10.0)  # yields the floor (a turn in progress ends normally)
@@ -394,13 +394,7 @@ def test_closing_the_socket_stops_the_runner_thread(duplex_server, how):
 def test_duplex_session_limit(duplex_server):
     async def main():
         held = [await open_duplex(duplex_server) for _ in range(2)]  # max_duplex_sessions=2
-        extra = await websockets.connect(duplex_server.duplex_url)
-        err = await recv_json(extra)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await recv_json(extra)
-        for ws, _ in held:
-            await ws.close()
-        return err, closed.value
+        return await refused_when_full(held, duplex_server.duplex_url)
 
     err, closed = run(main())
     assert err["error"]["code"] == "too_many_sessions" and "full-duplex" in err["error"]["message"]

@@ -13,7 +13,7 @@ import websockets
 
 from funaudiochat.serving.protocol import PROTOCOL_VERSION
 
-from .conftest import assert_error_and_alive, error_then_pong, SAMPLES_PER_TOKEN, ToneDetokenizer, espeak_wav, noise, pcm16, recv_json, until
+from .conftest import refused_when_full, assert_error_and_alive, error_then_pong, SAMPLES_PER_TOKEN, ToneDetokenizer, espeak_wav, noise, pcm16, recv_json, until
 
 
 def run(coro):
@@ -231,13 +231,7 @@ def test_disconnect_mid_reply_frees_the_model_and_spares_other_sessions(server):
 def test_session_limit(server, settings):
     async def main():
         held = [await open_session(server) for _ in range(settings.max_sessions)]
-        extra = await websockets.connect(server.ws_url)
-        err = await recv_json(extra)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await recv_json(extra)
-        for ws, _ in held:
-            await ws.close()
-        return err, closed.value
+        return await refused_when_full(held, server.ws_url)
 
     err, closed = run(main())
     assert err["error"]["code"] == "too_many_sessions"
