@@ -43,6 +43,9 @@ RELEASED_SRH_CONFIG: dict[str, Any] = {
 
 GROUPING_MODES = ("mean", "concat")
 FUSION_MODES = ("replace", "add")
+#: How user-speech vectors become backbone inputs: ``linear`` as released, or ``vocab_ctc``
+#: (``modeling/vocab_adapter.py``: CTC posteriors over the backbone's own tokens, mixed embeddings).
+ADAPTER_MODES = ("linear", "vocab_ctc")
 
 
 class FunAudioChatAudioEncoderConfig(PretrainedConfig):
@@ -81,6 +84,10 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     pad_token_id: int | None = SPEECH_CODEBOOK + 2
     continuous_features_mode: str = "replace"
     grouping_mode: str = "mean"
+    continuous_adapter: str = "linear"
+    #: ``vocab_ctc`` only: the CTC reads over the first this-many rows of the backbone's embedding
+    #: table (its own vocabulary, without tokens added for audio); null means every row.
+    ctc_vocab_size: int | None = None
     crq_transformer_config: dict | None = None
     enable_audio_invert_tower: bool = True
 
@@ -92,6 +99,10 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
             raise ValueError(
                 f"continuous_features_mode must be one of {FUSION_MODES}, got {self.continuous_features_mode!r}"
             )
+        if self.continuous_adapter not in ADAPTER_MODES:
+            raise ValueError(f"continuous_adapter must be one of {ADAPTER_MODES}, got {self.continuous_adapter!r}")
+        if self.ctc_vocab_size is not None and self.ctc_vocab_size < 1:
+            raise ValueError(f"ctc_vocab_size must be >= 1 or null, got {self.ctc_vocab_size}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.d_model % self.encoder_attention_heads:

@@ -2,9 +2,13 @@
 
 Stages, each cached in the work dir so a rerun continues where it stopped::
 
-    questions -> answers -> speech data -> init model -> pre-alignment -> Core-Cocktail stage 1 (LoRA)
+    questions -> answers -> speech data -> init model -> [speech CTC] -> pre-alignment -> Core-Cocktail stage 1 (LoRA)
     -> merge (alpha 0.5, backbone only) -> stage 2 (LoRA) -> DPO (LoRA) -> package
     [-> duplex data -> duplex (LoRA + action head) -> duplex extra]   (``duplex=True``, duplex_build.py)
+
+The speech CTC stage (``training/ctc.py``) runs when the model reads user speech through the
+``vocab_ctc`` adapter (the default since session 5): it teaches the encoder to emit the backbone's own
+tokens, with no backbone pass, before any stage puts the backbone in the loop.
 
 The LoRA stages keep the backbone change low-rank, so the package ships it as small factors
 (see :mod:`funaudiochat.default_model.package`).  ``smoke=True`` uses a handful of questions and
@@ -33,6 +37,11 @@ DEFAULT_BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "ben
 ENCODER_PREFIX, ADAPTER_PREFIX = "continuous_audio_tower.", "continuous_audio_tower.proj."
 SRH_STAGE = "srh_refine"
 STAGES = ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo")
+CTC_STAGE = "ctc_alignment"
+#: What the CTC stage trains: the encoder and everything between it and the backbone.
+CTC_TRAINABLE = ["continuous_audio_tower.", "audio_tower.continual_output_matching.", "speech_vocab_adapter."]
+#: Pretrained Whisper layers at a tenth of the lr of the new modules behind them.
+SLOW_ENCODER = {ENCODER_PREFIX: 0.1, ADAPTER_PREFIX: 1.0, "continuous_audio_tower.audio_bos_eos_token.": 1.0}
 
 
 @dataclass
@@ -81,11 +90,17 @@ class BuildConfig:
     seed: int = 0
     #: Also transcribe the answers' recordings (a fourth SFT record per question; the GPU preset).
     answer_asr: bool = False
+    #: ``vocab_ctc`` (user speech read as the backbone's own tokens, trained first by CTC) or
+    #: ``linear`` (the released adapter; what the builds before session 5 used, without a CTC stage).
+    speech_adapter: str = "vocab_ctc"
+    ctc: StageSpec | None = field(default_factory=lambda: StageSpec(
+        400, 1e-3, 1e-4, batch_size=16, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE),
+        lr_scale=dict(SLOW_ENCODER)))
     # Sized so the whole build fits in 90 minutes on a 2-core CPU (docs/default-model.md). The new
     # adapter starts from random weights, hence the higher pre-alignment lr.
     stages: dict[str, StageSpec] = field(default_factory=lambda: {
-        "pre_alignment": StageSpec(240, 3e-4, 3e-5, freeze=["language_model."]),
-        "core_cocktail_stage1": StageSpec(180, 1e-4, 1e-5, lora_r=8),
+        "pre_alignment": StageSpec(240, 3e-4, 3e-5, freeze=["language_model."], lr_scale=dict(SLOW_ENCODER)),
+        "core_cocktail_stage1": StageSpec(180, 1e-4, 1e-5, lora_r=8, lr_scale=dict(SLOW_ENCODER)),
         "core_cocktail_stage2": StageSpec(90, 1e-5, 1e-6, lora_r=8),
         "dpo": StageSpec(50, 5e-6, 5e-7, batch_size=4, lora_r=8, warmup_ratio=0.1),
     })
@@ -94,6 +109,12 @@ class BuildConfig:
     #: 5.23 (at 400 steps; it overfits after), see docs/default-model.md.
     srh: SRHRefineSpec | None = None
 
+    def __post_init__(self) -> None:
+        from funaudiochat.config import ADAPTER_MODES
+
+        if self.speech_adapter not in ADAPTER_MODES:
+            raise ValueError(f"speech_adapter must be one of {ADAPTER_MODES}, got {self.speech_adapter!r}")
+
     @classmethod
     def smoke(cls) -> BuildConfig:
         """A handful of items and steps: checks every stage end to end, trains nothing useful."""
@@ -101,6 +122,7 @@ class BuildConfig:
         for spec in cfg.stages.values():
             spec.max_steps, spec.batch_size = 2, 1
         cfg.stages["pre_alignment"].max_steps = 3
+        cfg.ctc.max_steps, cfg.ctc.batch_size = 2, 2
         cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1)
         return cfg
 
@@ -114,7 +136,7 @@ class BuildConfig:
         tenth of the lr of the new adapter behind them: 25x the steps over the same few thousand
         synthetic clips would otherwise fit the encoder to the TTS voices.
         """
-        slow_encoder = {ENCODER_PREFIX: 0.1, ADAPTER_PREFIX: 1.0, "continuous_audio_tower.audio_bos_eos_token.": 1.0}
+        slow_encoder = SLOW_ENCODER
 
         def spec(steps: int, lr_max: float, lr_min: float, batch: int, **kw) -> StageSpec:
             n = max(2, round(steps * scale))
@@ -124,6 +146,7 @@ class BuildConfig:
                              lr_scale=dict(slow_encoder), save_every=max(n // 2, 1), **kw)
 
         cfg = cls(answer_asr=True)
+        cfg.ctc = spec(2000, 1e-3, 1e-4, 64, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE))
         cfg.stages = {
             "pre_alignment": spec(1600, 3e-4, 3e-5, 32, freeze=["language_model."]),
             "core_cocktail_stage1": spec(1400, 1e-4, 1e-5, 32, lora_r=16),
@@ -193,20 +216,23 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed
     return recipe
 
 
-def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: bool = True) -> dict[str, Path]:
+def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: bool = True,
+                  ctc: Path | None = None) -> dict[str, Path]:
     """One YAML recipe per stage (checked by the recipe schema on load).
 
     ``merge=False`` writes the ablation that skips the Core-Cocktail merge: stage 2 continues from
     stage 1 directly, and stage 2 and DPO train into ``work/runs_nomerge`` (recipes in
-    ``work/recipes_nomerge``); the stages before the merge are shared with the main build.
+    ``work/recipes_nomerge``); the stages before the merge are shared with the main build.  With a
+    ``vocab_ctc`` adapter the speech CTC stage (data ``ctc``) comes first and pre-alignment starts from it.
     """
     import yaml
 
     runs = work / "runs"
     out_runs, rdir = (runs, work / "recipes") if merge else (work / "runs_nomerge", work / "recipes_nomerge")
     rdir.mkdir(parents=True, exist_ok=True)
+    with_ctc = merge and cfg.speech_adapter == "vocab_ctc"
     starts = {
-        "pre_alignment": work / "init",
+        "pre_alignment": runs / CTC_STAGE / "final" if with_ctc else work / "init",
         "core_cocktail_stage1": runs / "pre_alignment" / "final",
         "core_cocktail_stage2": runs / "merged" if merge else runs / "core_cocktail_stage1" / "final",
         "dpo": out_runs / "core_cocktail_stage2" / "final",
@@ -217,6 +243,13 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
                     dpo if name == "dpo" else sft, out_runs / name, cfg.seed + i, name == "dpo")
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
+    if with_ctc:
+        if ctc is None or cfg.ctc is None:
+            raise ValueError("a vocab_ctc build needs the CTC data and BuildConfig.ctc")
+        r = _recipe(CTC_STAGE, cfg.ctc, {"path": str(work / "init"), "dtype": "float32"}, ctc,
+                    runs / CTC_STAGE, cfg.seed + len(STAGES), False, stage="ctc")
+        out[CTC_STAGE] = rdir / f"{CTC_STAGE}.yaml"
+        out[CTC_STAGE].write_text(yaml.safe_dump(r, sort_keys=False))
     return out
 
 
@@ -236,14 +269,20 @@ def _answers_stage(work: Path, questions, cfg: BuildConfig) -> dict[str, str]:
                             cfg.answer_batch, cfg.answer_max_new_tokens)
 
 
-def _init_stage(work: Path, seed: int) -> Path:
+def _init_stage(work: Path, seed: int, speech_adapter: str) -> Path:
     from funaudiochat.default_model.parts import assemble_default
     from funaudiochat.training.fsutil import atomic_directory
 
     init = work / "init"
     if (init / "config.json").is_file():
+        found = json.loads((init / "config.json").read_text())["audio_config"].get("continuous_adapter", "linear")
+        if found != speech_adapter:
+            raise ValueError(
+                f"{init} was made with the {found!r} speech adapter, this build uses {speech_adapter!r}; every "
+                f"stage after it would differ, so use a new --work folder (the questions, answers and speech "
+                f"data can be copied into it to skip their stages)")
         return init
-    model, tok, vocab = assemble_default(seed=seed)
+    model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter)
     with atomic_directory(init, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -336,7 +375,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
-    pkg.save_package(files, out_dir, vocab, info)
+    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)
@@ -366,8 +405,10 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     logger.info("%d training questions (ids in %s)", len(questions), qpath)
     answers = timer.run("answers", _answers_stage, work, questions, cfg)
     data = timer.run("speech_data", build_speech_data, questions, answers, work, answer_asr=cfg.answer_asr)
-    timer.run("init_model", _init_stage, work, cfg.seed)
-    recipes = write_recipes(work, cfg, data.sft, data.dpo)
+    timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter)
+    recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=data.ctc)
+    if CTC_STAGE in recipes:
+        timer.run(CTC_STAGE, _train_stage, recipes[CTC_STAGE])
     for name in STAGES[:2]:
         timer.run(name, _train_stage, recipes[name])
     timer.run("merge", _merge_stage, work, cfg.merge_alpha)

@@ -48,6 +48,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --srh-refine needs a step count >= 1, got {args.srh_refine}")
         cfg = cfg or BuildConfig()
         cfg.srh = SRHRefineSpec(steps=args.srh_refine)
+    if args.speech_adapter != "vocab_ctc":
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.speech_adapter = args.speech_adapter
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -85,6 +88,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "bf16 with 4x the batch (10 minutes on one H200, docs/default-model.md)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
+    p.add_argument("--speech-adapter", choices=("vocab_ctc", "linear"), default="vocab_ctc",
+                   help="how user speech reaches the backbone: 'vocab_ctc' (default) reads it as the "
+                   "backbone's own tokens, trained first by CTC; 'linear' is the released adapter, as in "
+                   "the builds before session 5 (docs/default-model.md)")
     p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
                    help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
                    "states (off by default; docs/default-model.md)")

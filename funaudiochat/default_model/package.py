@@ -43,7 +43,7 @@ DUPLEX_FILE = "duplex.safetensors"
 REQUIRED_FILES = (SPEECH_FILE, DELTA_FILE)
 #: Non-backbone tensors the duplex stage may change (everything else must stay as shipped).
 DUPLEX_PREFIXES = ("duplex_head.", "audio_tower.continual_output_matching.")
-SPEECH_PREFIXES = ("continuous_audio_tower.", "audio_tower.", "audio_invert_tower.")
+SPEECH_PREFIXES = ("continuous_audio_tower.", "audio_tower.", "audio_invert_tower.", "speech_vocab_adapter.")
 LM_PREFIX = "language_model."
 EMBED_KEY = "language_model.model.embed_tokens.weight"
 #: Where the release build writes the real artefact (not committed until the full build has run).
@@ -260,8 +260,12 @@ def _versions() -> dict[str, str]:
 
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
-                 info: Mapping[str, Any] | None = None) -> Path:
-    """Write the safetensors files and ``manifest.json`` (sha256 and size of each file)."""
+                 info: Mapping[str, Any] | None = None, speech_adapter: str = "linear") -> Path:
+    """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
+
+    ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
+    the same skeleton; packages without it predate the choice and are ``linear``.
+    """
     from safetensors.torch import save_file
 
     from funaudiochat.default_model import parts
@@ -284,6 +288,7 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
                                "note": "shipped in full in speech.safetensors (it is trained)"},
             "speech_tokenizer": {"codebook_size": parts.SPEECH_CODEBOOK, "asset": "funaudiochat/assets/speech_tokenizer"},
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
+            "speech_adapter": speech_adapter,
         },
         "versions": _versions(),
         "build": dict(info or {}),
@@ -357,7 +362,8 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     root = Path(assets_dir) if assets_dir is not None else DEFAULT_ASSETS
     manifest = verify_manifest(root, duplex=duplex)
     original_vocab = int(manifest["applies_to"]["backbone"]["original_vocab"])
-    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False)
+    adapter = manifest["applies_to"].get("speech_adapter", "linear")
+    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False, speech_adapter=adapter)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")

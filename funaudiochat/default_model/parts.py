@@ -29,11 +29,14 @@ SRH_CONFIG: dict[str, Any] = {
 GROUP_SIZE = 5
 
 
-def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bool = True, seed: int = 0):
+def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bool = True, seed: int = 0,
+                     speech_adapter: str = "linear"):
     """(model, tokenizer, original_vocab) around SmolLM2-135M-Instruct and a Whisper tiny.en encoder.
 
     ``encoder_weights=False`` builds the encoder with the right shape but random weights (the loader
     overwrites them from the shipped file).  ``seed`` fixes the fresh modules and new embedding rows.
+    ``speech_adapter`` is the ``continuous_adapter`` mode; ``vocab_ctc`` reads over the backbone's
+    original vocabulary (not the tokens added for audio).
     """
     from funaudiochat.pretrained import smollm2_backbone_dir
 
@@ -41,10 +44,10 @@ def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bo
     # Seeded without disturbing the caller's random state (the loader is called from user code).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _assemble(backbone_dir, encoder_weights)
+        return _assemble(backbone_dir, encoder_weights, speech_adapter)
 
 
-def _assemble(backbone_dir: Path, encoder_weights: bool):
+def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from funaudiochat.modeling.build import EncoderSpec, assemble_from_parts
@@ -64,5 +67,6 @@ def _assemble(backbone_dir: Path, encoder_weights: bool):
         lm, tokenizer=tokenizer, encoder=spec, srh_config=dict(SRH_CONFIG), group_size=GROUP_SIZE,
         audio_overrides=dict(codebook_size=SPEECH_CODEBOOK + 4, bos_token_id=SPEECH_CODEBOOK,
                              eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2),
+        continuous_adapter=speech_adapter,
     )
     return model.float().eval(), tokenizer, original_vocab

@@ -15,6 +15,8 @@
     frozen backbone much faster than the short answers alone (the pre-alignment stage);
   - with ``answer_asr`` (the GPU preset), ``asr`` (id ``<qid>:asr_answer``): the answer's recording
     -> the answer's text, twice the transcription material from audio that exists anyway.
+* CTC JSONL (``training/ctc.py``) for a ``vocab_ctc`` model's first stage: every recording with its
+  words, i.e. the clean and the noisy question and the spoken answer.
 * DPO JSONL, one task ("robustness"): the question with white noise at 5-15 dB SNR; chosen = the
   clean answer, rejected = the answer to a different question.
 
@@ -47,6 +49,7 @@ DPO_TASK = "robustness"
 class SpeechData:
     sft: Path
     dpo: Path
+    ctc: Path
     n_sft: int
     n_dpo: int
 
@@ -170,6 +173,7 @@ def build_speech_data(
     ``answer_asr`` adds a fourth record per question: the transcription of the answer's recording.
     """
     from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
+    from funaudiochat.training.ctc import load_ctc_records
     from funaudiochat.training.data import validate_jsonl
 
     if len(questions) < 2:
@@ -183,7 +187,7 @@ def build_speech_data(
     engines = TTSEngines()
     tok_path = data / "answer_tokens.jsonl"
     tokens = _read_tokens(tok_path)
-    sft, dpo = [], []
+    sft, dpo, ctc = [], [], []
     with tok_path.open("a", encoding="utf-8") as tok_file:
         for q in questions:
             name = _safe(q.id)
@@ -204,11 +208,13 @@ def build_speech_data(
                 tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
                 tok_file.flush()
             sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed)))
+            # The answer's recording exists for its speech tokens; a cached-token rerun whose wav is gone
+            # re-speaks it deterministically.  It doubles the transcription material at no TTS cost.
+            _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
             if answer_asr:
-                # The answer's recording doubles the transcription material at no TTS cost (it exists for
-                # its speech tokens); a cached-token rerun whose wav is gone re-speaks it deterministically.
-                _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
                 sft.append(_answer_asr_record(q, answers[q.id], f"wav/{name}_a.wav"))
+            ctc += [{"id": f"{q.id}:{kind}", "audio": f"wav/{name}_{kind}.wav", "text": text}
+                    for kind, text in (("q", q.text), ("q_noisy", q.text), ("a", answers[q.id]))]
     for i, q in enumerate(questions):
         other = questions[(i + 1) % len(questions)]
         if answers[other.id] == answers[q.id]:
@@ -221,13 +227,16 @@ def build_speech_data(
             "rejected": {"role": "assistant", "content": answers[other.id], "speech_tokens": tokens[other.id]},
             "meta": {"rejected_from": other.id},
         })
-    out = SpeechData(data / "sft.jsonl", data / "dpo.jsonl", len(sft), len(dpo))
-    for path, rows, mode in ((out.sft, sft, "sft"), (out.dpo, dpo, "dpo")):
+    out = SpeechData(data / "sft.jsonl", data / "dpo.jsonl", data / "ctc.jsonl", len(sft), len(dpo))
+    for path, rows, mode in ((out.sft, sft, "sft"), (out.dpo, dpo, "dpo"), (out.ctc, ctc, "ctc")):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         tmp.replace(path)
+        if mode == "ctc":
+            load_ctc_records([path])  # raises with every bad line
+            continue
         _, errors = validate_jsonl(path, mode=mode)
         if errors:
             raise ValueError(f"{path}: generated data is invalid:\n" + "\n".join(map(str, errors)))
-    logger.info("speech data: %d SFT, %d DPO records in %s", out.n_sft, out.n_dpo, data)
+    logger.info("speech data: %d SFT, %d DPO, %d CTC records in %s", out.n_sft, out.n_dpo, len(ctc), data)
     return out

@@ -151,7 +151,8 @@ def _window(wave: torch.Tensor, step: int) -> torch.Tensor:
 def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor], project: bool = True) -> torch.Tensor:
     """``U`` for each window, [N, H]: encoder on the window alone, mean of its last 5 frames.
 
-    ``project=False`` stops before ``continual_output_matching`` (what :class:`UserFeatureCache` keeps).
+    ``project=False`` stops before ``continual_output_matching`` (what :class:`UserFeatureCache` keeps);
+    ``project=True`` also applies the model's ``read_user_speech`` (its ``vocab_ctc`` adapter, if any).
     """
     enc = model.continuous_audio_tower
     param = next(enc.parameters())
@@ -184,7 +185,8 @@ def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor], project: 
                 last = model.audio_tower.continual_output_matching(last)
             pooled.append(last.mean(dim=1))
             order.extend(chunk)
-    return torch.cat(pooled)[torch.tensor(order, device=param.device).argsort()]
+    out = torch.cat(pooled)[torch.tensor(order, device=param.device).argsort()]
+    return model.read_user_speech(out) if project else out
 
 
 def user_step_features(
@@ -262,7 +264,7 @@ class UserFeatureCache:
         means = rows[0].new_zeros(len(rows), width, hidden) if rows else torch.zeros(0, width, hidden)
         for b, row in enumerate(rows):
             means[b, : row.shape[0]] = row
-        return model.audio_tower.continual_output_matching(means)
+        return model.read_user_speech(model.audio_tower.continual_output_matching(means))
 
 
 def encoder_frozen(model: nn.Module) -> bool:

@@ -59,6 +59,7 @@ def assemble_from_parts(
     grouping_mode: str = "mean",
     backbone_kwargs: dict | None = None,
     audio_overrides: dict | None = None,
+    continuous_adapter: str = "linear",
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
@@ -66,7 +67,8 @@ def assemble_from_parts(
     ``backbone`` is a directory (loaded with ``AutoModelForCausalLM.from_pretrained``) or a loaded
     model; ``tokenizer`` defaults to the directory's.  Returns the model and the tokenizer, which
     now knows the audio tokens.  ``audio_overrides`` sets other audio-config fields, e.g. a speech
-    codebook that matches the speech tokenizer in use.
+    codebook that matches the speech tokenizer in use.  ``continuous_adapter="vocab_ctc"`` gives the
+    model a CTC adapter over the token ids below the first audio token (the backbone's own vocabulary).
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     if not isinstance(backbone, PreTrainedModel):
@@ -100,6 +102,8 @@ def assemble_from_parts(
         group_size=group_size,
         grouping_mode=grouping_mode,
         crq_transformer_config=srh_config,
+        continuous_adapter=continuous_adapter,
+        ctc_vocab_size=min(ids.values()) if continuous_adapter == "vocab_ctc" else None,
         **(audio_overrides or {}),
     )
     config = FunAudioChatConfig(

@@ -9,6 +9,8 @@ are added to the token part.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,27 +65,34 @@ class SpeechTokenGrouping(nn.Module):
         ids = pad_to_multiple(speech_ids, k, self.config.pad_token_id)
         return self.output_matching(group_frames(self.embed_tokens(ids), k, self.config.grouping_mode))
 
+    def group_continuous(self, continuous_features: torch.Tensor) -> torch.Tensor:
+        """25 Hz encoder features [N, T, H] -> 5 Hz vectors [N, ceil(T/k), H] (mean, then Linear)."""
+        return self.continual_output_matching(group_frames(continuous_features, self.config.group_size, "mean"))
+
     def forward(
         self,
         speech_ids: torch.Tensor,
         continuous_features: torch.Tensor | None = None,
         feature_exist_mask: torch.Tensor | None = None,
+        continuous_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Grouped vectors [N, ceil(T/k), H] for N audio items.
 
         ``continuous_features`` is [N, T, H] at 25 Hz (zero where an item has no waveform); rows with
-        ``feature_exist_mask`` set take them in the configured fusion mode.
+        ``feature_exist_mask`` set take them in the configured fusion mode, after ``continuous_map``
+        (the model's ``vocab_ctc`` adapter, when it has one).
         """
         grouped = self.group_tokens(speech_ids)
         if continuous_features is None:
             return grouped
-        k = self.config.group_size
         if continuous_features.shape[1] != speech_ids.shape[1]:
             raise ValueError(
                 f"continuous features have {continuous_features.shape[1]} frames but speech ids have "
                 f"{speech_ids.shape[1]}; they must be aligned at 25 Hz"
             )
-        cont = self.continual_output_matching(group_frames(continuous_features, k, "mean"))
+        cont = self.group_continuous(continuous_features)
+        if continuous_map is not None:
+            cont = continuous_map(cont)
         if feature_exist_mask is None:
             feature_exist_mask = torch.ones(grouped.shape[0], dtype=torch.bool, device=grouped.device)
         use = feature_exist_mask.to(torch.bool)[:, None, None]

@@ -28,6 +28,7 @@ from funaudiochat.config import FunAudioChatConfig
 from funaudiochat.modeling.encoder import SpeechEncoder, sinusoids
 from funaudiochat.modeling.grouping import SpeechTokenGrouping, pad_to_multiple
 from funaudiochat.modeling.srh import SpeechRefinedHead
+from funaudiochat.modeling.vocab_adapter import VocabCTCAdapter
 from funaudiochat.modeling.targets import (
     aligned_text_slots,
     build_targets,
@@ -85,6 +86,10 @@ class FunAudioChatPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SpeechEncoder):
             init.copy_(module.positional_embedding, sinusoids(*module.positional_embedding.shape))
+        if isinstance(module, VocabCTCAdapter):
+            init.zeros_(module.blank_query)
+            init.zeros_(module.blank_embed)
+            init.ones_(module.logit_scale)
 
 
 class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
@@ -105,6 +110,9 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         self.continuous_audio_tower = SpeechEncoder(audio)
         self.audio_tower = SpeechTokenGrouping(audio)
         self.audio_invert_tower = SpeechRefinedHead(audio) if audio.enable_audio_invert_tower else None
+        self.speech_vocab_adapter = (
+            VocabCTCAdapter(audio.output_dim) if audio.continuous_adapter == "vocab_ctc" else None
+        )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         # Full duplex only (docs/duplex.md): one logit per action of the 5 Hz clock.
         self.duplex_head = (
@@ -147,6 +155,29 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         """Whisper-style features at 25 Hz for each utterance, and their lengths."""
         lens = None if feature_attention_mask is None else feature_attention_mask.sum(-1)
         return self.continuous_audio_tower(input_features, lens)
+
+    def ctc_table(self) -> torch.Tensor:
+        """The token embeddings a ``vocab_ctc`` adapter scores against, [V_ctc, H]."""
+        table = self.get_input_embeddings().weight
+        n = self.config.audio_config.ctc_vocab_size
+        return table if n is None else table[:n]
+
+    def read_user_speech(self, vectors: torch.Tensor) -> torch.Tensor:
+        """5 Hz user-speech vectors -> what the backbone reads (the identity for the released adapter)."""
+        if self.speech_vocab_adapter is None:
+            return vectors
+        return self.speech_vocab_adapter(vectors, self.ctc_table())
+
+    def speech_ctc_logits(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC logits [B, T5, V_ctc + 1] (blank last) of each utterance at 5 Hz, and their lengths."""
+        if self.speech_vocab_adapter is None:
+            raise ValueError("speech CTC needs a model with audio_config.continuous_adapter='vocab_ctc'")
+        feats, lens = self.encode_speech(input_features, feature_attention_mask)
+        vectors = self.audio_tower.group_continuous(feats)
+        k = self.group_size
+        return self.speech_vocab_adapter.logits(vectors, self.ctc_table()), (lens + k - 1) // k
 
     def _continuous_features(
         self,
@@ -206,7 +237,7 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
                 n_items, speech_ids.shape[1], input_features, feature_attention_mask, feature_exist_mask,
                 inputs_embeds.dtype,
             )
-        grouped = self.audio_tower(speech_ids, cont, feature_exist_mask).to(inputs_embeds.dtype)
+        grouped = self.audio_tower(speech_ids, cont, feature_exist_mask, self.read_user_speech).to(inputs_embeds.dtype)
 
         embed = self.get_input_embeddings()
         text_embeds = inputs_embeds.clone()

@@ -70,7 +70,7 @@ def _from_parts(section: ModelSection, dtype: torch.dtype):
         kwargs["attn_implementation"] = section.attn_implementation
     return assemble_from_parts(
         backbone, encoder=encoder, srh_config=parts.srh, group_size=parts.group_size,
-        grouping_mode=parts.grouping_mode, backbone_kwargs=kwargs,
+        grouping_mode=parts.grouping_mode, backbone_kwargs=kwargs, continuous_adapter=parts.continuous_adapter,
     )
 
 

@@ -1,6 +1,6 @@
 """Training recipes: one YAML file per stage, checked against a typed schema before anything runs.
 
-A recipe names the model to start from, the data, the stage type (``sft``, ``dpo`` or ``duplex``), which modules
+A recipe names the model to start from, the data, the stage type (``sft``, ``dpo``, ``duplex`` or ``ctc``), which modules
 train, the optimiser/schedule knobs and where output goes.  The schema is a tree of dataclasses;
 :func:`recipe_from_dict` walks it and reports *every* unknown key (with a "did you mean") and every
 wrong type, with the dotted path of the field, in one :class:`RecipeError`.
@@ -55,6 +55,9 @@ class FromParts:
     srh: dict[str, Any] | None = None
     group_size: int = 5
     grouping_mode: Literal["mean", "concat"] = "mean"
+    #: How user speech reaches the backbone: the released ``linear`` adapter, or ``vocab_ctc``
+    #: (trained first by a ``stage: ctc`` recipe; docs/training.md).
+    continuous_adapter: Literal["linear", "vocab_ctc"] = "linear"
 
 
 @dataclass
@@ -174,7 +177,7 @@ class OutputSection:
 @dataclass
 class Recipe:
     name: str
-    stage: Literal["sft", "dpo", "duplex"]
+    stage: Literal["sft", "dpo", "duplex", "ctc"]
     model: ModelSection
     data: DataSection
     train: TrainSection = field(default_factory=TrainSection)
@@ -330,6 +333,8 @@ def _check_values(recipe: Recipe) -> list[str]:
             p.append(f"train.{name}: must be >= 1, got {getattr(t, name)}")
     if t.max_grad_norm is not None and not t.max_grad_norm > 0:
         p.append(f"train.max_grad_norm: must be > 0 or null, got {t.max_grad_norm}")
+    if recipe.stage == "ctc" and t.lora is not None:
+        p.append("train.lora: the ctc stage does not run the backbone, so LoRA on it would not train")
     if t.lora is not None:
         if t.lora.r < 1:
             p.append(f"train.lora.r: must be >= 1, got {t.lora.r}")

@@ -1,4 +1,4 @@
-"""One training loop for every stage (pre-alignment, Core-Cocktail SFT, DPO, duplex) on Hugging Face Accelerate.
+"""One training loop for every stage (speech CTC, pre-alignment, Core-Cocktail SFT, DPO, duplex) on Hugging Face Accelerate.
 
 Data order.  Each optimizer step consumes one *global batch* of ``batch_size * grad_accum * processes``
 sample indices from a :class:`ResumableSampler` (one seeded permutation per epoch, same on every
@@ -281,6 +281,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
 
     t, out_dir, is_dpo = recipe.train, recipe.output_dir, recipe.stage == "dpo"
     is_duplex = recipe.stage == "duplex"
+    is_ctc = recipe.stage == "ctc"
     accelerator = Accelerator(
         gradient_accumulation_steps=t.grad_accum,
         mixed_precision=t.mixed_precision,
@@ -309,6 +310,10 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
         from funaudiochat.duplex.model import DuplexForward, enable_duplex
 
         records = duplex_batch.load_duplex_records(recipe.data.train, recipe.data.audio_root)
+    elif is_ctc:
+        from funaudiochat.training import ctc
+
+        records = ctc.load_ctc_records(recipe.data.train, recipe.data.audio_root)
     else:
         records = load_records(recipe.data.train, recipe.stage, recipe.data.audio_root, recipe.data.allowed_tasks)
     set_seed(t.seed, device_specific=True)
@@ -320,6 +325,14 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     if is_duplex:
         collate = duplex_batch.DuplexCollator(processor)
         dataset = duplex_batch.DuplexDataset(records, collate, recipe.data.max_audio_seconds)
+    elif is_ctc:
+        if model.speech_vocab_adapter is None:
+            raise ValueError(
+                f"{recipe.name}: the ctc stage needs a model with audio_config.continuous_adapter='vocab_ctc' "
+                f"(the released layout's linear adapter has no CTC output)"
+            )
+        collate = ctc.CTCCollator(config.audio_config.num_mel_bins)
+        dataset = ctc.CTCDataset(records, tokenizer, recipe.data.max_audio_seconds)
     else:
         collate = DPOCollator(processor) if is_dpo else SFTCollator(processor)
         dataset = ConversationDataset(records, processor, recipe.stage, recipe.data.max_audio_seconds)
@@ -359,6 +372,8 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     if is_duplex:  # the duplex objective runs through __call__ so that DDP and autocast see it
         d = recipe.duplex
         model = DuplexForward(model, d.action_weight, d.text_weight, d.speech_weight)
+    if is_ctc:
+        model = ctc.SpeechCTCForward(model)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -406,7 +421,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
             batch = next(batches)
             tasks = batch.pop("tasks", None)
             batch = _to_device(batch, device)
-            sums[5] += float(batch["attention_mask"].sum())
+            sums[5] += float(batch["ctc_target_lengths"].sum() if is_ctc else batch["attention_mask"].sum())
             with accelerator.accumulate(model):
                 if is_dpo:
                     loss, out, res = _dpo_step(model, reference, config, batch, recipe)
@@ -414,7 +429,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
                     dpo_tasks += tasks
                 else:
                     # SFT needs the 49k-way text head only where there are labels (most positions are prompt)
-                    out = model(**batch) if is_duplex else model(**batch, labelled_logits_only=True)
+                    out = model(**batch) if is_duplex or is_ctc else model(**batch, labelled_logits_only=True)
                     loss = out.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -493,11 +508,12 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
 
 
 def _unwrap(accelerator, model) -> torch.nn.Module:
-    """The FunAudioChat model under the DDP/compile wrappers and the duplex training adapter."""
+    """The FunAudioChat model under the DDP/compile wrappers and the duplex or CTC training adapter."""
     inner = accelerator.unwrap_model(model)
     from funaudiochat.duplex.model import DuplexForward
+    from funaudiochat.training.ctc import SpeechCTCForward
 
-    return inner.model if isinstance(inner, DuplexForward) else inner
+    return inner.model if isinstance(inner, (DuplexForward, SpeechCTCForward)) else inner
 
 
 def _check_resume(state: dict, extra: dict, path: Path) -> None:

@@ -3,7 +3,15 @@
 import pytest
 
 from funaudiochat.cli import main
-from funaudiochat.default_model.build import ADAPTER_PREFIX, ENCODER_PREFIX, STAGES, BuildConfig, write_recipes
+from funaudiochat.default_model.build import (
+    ADAPTER_PREFIX,
+    CTC_STAGE,
+    CTC_TRAINABLE,
+    ENCODER_PREFIX,
+    STAGES,
+    BuildConfig,
+    write_recipes,
+)
 from funaudiochat.training.recipes import load_recipe
 
 
@@ -16,15 +24,17 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert gpu.total_lora_rank == 32 and cpu.total_lora_rank == 24
     assert gpu.answer_asr and not cpu.answer_asr  # the shipped CPU build had three records per question
     assert all(s.mixed_precision == "bf16" and s.batch_size >= 16 for s in gpu.stages.values())
-    assert all(s.mixed_precision == "no" and s.num_workers == 0 and not s.lr_scale for s in cpu.stages.values())
+    assert all(s.mixed_precision == "no" and s.num_workers == 0 for s in cpu.stages.values())
+    assert [bool(s.lr_scale) for s in cpu.stages.values()] == [True, True, False, False]  # slow encoder at high lr
     assert gpu.stages["pre_alignment"].freeze == ["language_model."]
     # the SRH-only stage is opt-in for full builds; the smoke build runs it so every stage is exercised
     assert cpu.srh is None and gpu.srh is None and BuildConfig.smoke().srh.steps == 2
 
 
 def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
-    paths = write_recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl")
-    for name in STAGES:
+    paths = write_recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl",
+                          ctc=tmp_path / "ctc.jsonl")
+    for name in (CTC_STAGE, *STAGES):
         r = load_recipe(paths[name])
         assert r.train.mixed_precision == "bf16" and r.data.num_workers == 6
         assert r.optim.lr_scale[ENCODER_PREFIX] == 0.1 and r.optim.lr_scale[ADAPTER_PREFIX] == 1.0
@@ -42,3 +52,22 @@ def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         main(["build-default", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *args])
+
+
+def test_the_ctc_stage_comes_first_and_pre_alignment_starts_from_it(tmp_path):
+    work, data = tmp_path / "w", tmp_path / "d"
+    paths = write_recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl", ctc=data / "ctc.jsonl")
+    ctc, pre = load_recipe(paths[CTC_STAGE]), load_recipe(paths["pre_alignment"])
+    assert ctc.stage == "ctc" and ctc.data.train == [str(data / "ctc.jsonl")]
+    assert ctc.model.path == str(work / "init") and ctc.train.trainable == CTC_TRAINABLE
+    assert (ctc.train.max_steps, ctc.train.batch_size) == (400, 16) and ctc.train.lora is None
+    assert ctc.optim.lr_scale[ENCODER_PREFIX] == 0.1
+    assert pre.model.path == str(work / "runs" / CTC_STAGE / "final")
+    with pytest.raises(ValueError, match="needs the CTC data"):
+        write_recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl")
+
+
+def test_a_linear_adapter_build_has_no_ctc_stage(tmp_path):
+    paths = write_recipes(tmp_path, BuildConfig(speech_adapter="linear"), tmp_path / "s", tmp_path / "d")
+    assert CTC_STAGE not in paths
+    assert load_recipe(paths["pre_alignment"]).model.path == str(tmp_path / "init")

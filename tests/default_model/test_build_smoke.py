@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
 
@@ -52,17 +53,25 @@ def test_smoke_build_outputs(smoke_build):
     dpo, errs = validate_jsonl(work / "data" / "dpo.jsonl", mode="dpo")
     assert not errs and {r.task for r in dpo} == {"robustness"}
     assert all(max(r.messages[-1].speech_tokens) < 1024 for r in sft if r.task == "spoken_qa")
-    for stage in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
+    for stage in ("ctc_alignment", "pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
         assert (work / "runs" / stage / "final" / "config.json").is_file()
         assert (work / "recipes" / f"{stage}.yaml").is_file()
+    # the CTC data: clean question, noisy question and spoken answer per question, with their words
+    from funaudiochat.training.ctc import load_ctc_records
+
+    ctc = load_ctc_records([work / "data" / "ctc.jsonl"])
+    assert len(ctc) == 12 and {r.text for r in ctc} >= texts
+    assert manifest["applies_to"]["speech_adapter"] == "vocab_ctc"
+    ctc_state, init_state = (load_file(str(work / s / "model.safetensors")) for s in ("runs/ctc_alignment/final", "init"))
+    changed = {k for k in init_state if not torch.equal(init_state[k], ctc_state[k])}
+    assert changed and all(k.startswith(("continuous_audio_tower.", "audio_tower.continual_output_matching.",
+                                         "speech_vocab_adapter.")) for k in changed)
     assert (work / "runs" / "merged" / "merge_info.json").is_file()
-    assert set(smoke_build.timings) >= {"answers", "speech_data", "dpo", "srh_refine", "package"}
+    assert set(smoke_build.timings) >= {"answers", "speech_data", "ctc_alignment", "dpo", "srh_refine", "package"}
     # the SRH stage: 4 replies cached, 1 held out, 2 steps logged; only the head differs from DPO's model
     srh = json.loads((work / "runs" / "srh_refine" / "final" / "srh_refine.json").read_text())
     assert (srh["rows"], srh["held_out_rows"]) == (3, 1)
     assert len((work / "runs" / "srh_refine" / "metrics.jsonl").read_text().splitlines()) == 2
-    from safetensors.torch import load_file
-
     dpo_state, srh_state = (load_file(str(work / "runs" / s / "final" / "model.safetensors")) for s in ("dpo", "srh_refine"))
     assert {k for k in dpo_state if not torch.equal(dpo_state[k], srh_state[k])} <= {
         k for k in dpo_state if k.startswith("audio_invert_tower.")}

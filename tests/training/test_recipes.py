@@ -37,7 +37,7 @@ def test_unknown_keys_and_wrong_types_are_all_reported():
     assert "train.batch_sise: unknown key" in msg and "did you mean 'batch_size'?" in msg
     assert "train.grad_accum: expected an integer, got str 'two'" in msg
     assert "optim.lr_max: expected a number, got list [1]" in msg
-    assert "stage: expected one of 'sft', 'dpo', 'duplex', got 'ppo'" in msg
+    assert "stage: expected one of 'sft', 'dpo', 'duplex', 'ctc', got 'ppo'" in msg
     assert "modle: unknown key" in msg
 
 

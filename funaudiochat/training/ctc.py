@@ -1,0 +1,178 @@
+"""Speech CTC alignment: the ``ctc`` training stage of a ``vocab_ctc`` model.
+
+The encoder and adapter learn to emit the transcript's backbone tokens (CTC at 5 Hz, blank last)
+without running the backbone, so each step costs an encoder pass and one matrix product with the
+embedding table.  After it, the backbone reads user speech as near-copies of its own token
+embeddings (``modeling/vocab_adapter.py``).
+
+Data: JSONL, one utterance per line, ``{"audio": "wav/q1.wav", "text": "what is the capital of
+france"}`` (docs/data-format.md).  Relative audio paths are resolved against ``audio_root`` or the
+file's folder.  Transcripts are normalised (:func:`normalize_transcript`) because speech carries no
+case or punctuation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from funaudiochat.audio.features import batch_features
+from funaudiochat.audio.io import load_audio
+from funaudiochat.modeling.model import FunAudioChatOutput
+from funaudiochat.training.data import DataError
+from funaudiochat.training.dataset import DatasetError
+
+_NOT_SPOKEN = re.compile(r"[^a-z0-9' ]+")
+
+
+def normalize_transcript(text: str) -> str:
+    """Lower case, digits and apostrophes kept, everything else a word break."""
+    text = text.lower().replace("\u2019", "'")
+    return " ".join(_NOT_SPOKEN.sub(" ", text).split())
+
+
+def transcript_ids(tokenizer, text: str) -> list[int]:
+    """Backbone token ids of a normalised transcript; a leading space gives every word its mid-sentence form."""
+    return list(tokenizer(" " + normalize_transcript(text), add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class CTCRecord:
+    path: Path
+    line: int
+    audio: Path
+    text: str
+
+
+def load_ctc_records(
+    paths: Sequence[str | Path], audio_root: str | Path | None = None
+) -> list[CTCRecord]:
+    """Read and check every line of every file; all problems are raised together (:class:`DatasetError`)."""
+    if not paths:
+        raise ValueError("no training data files given")
+    records: list[CTCRecord] = []
+    errors: list[tuple[Path, DataError]] = []
+    for raw in paths:
+        path = Path(raw)
+        root = Path(audio_root) if audio_root is not None else path.parent
+        try:
+            # Not splitlines(): JSON text may hold U+2028 and other characters it treats as line breaks.
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except OSError as e:
+            errors.append((path, DataError(0, "file", f"cannot read: {e.strerror or e}")))
+            continue
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                errors.append((path, DataError(n, "json", f"malformed JSON ({e.msg}, column {e.colno})")))
+                continue
+            if not isinstance(obj, dict):
+                errors.append((path, DataError(n, "json", "a line must be an object with 'audio' and 'text'")))
+                continue
+            audio, text = obj.get("audio"), obj.get("text")
+            problems = []
+            if not isinstance(audio, str) or not audio:
+                problems.append(DataError(n, "audio", "missing or not a path string"))
+            elif not (root / audio).is_file():
+                problems.append(DataError(n, "audio", f"file not found: {root / audio}"))
+            if not isinstance(text, str):
+                problems.append(DataError(n, "text", "missing or not a string"))
+            elif not normalize_transcript(text):
+                problems.append(DataError(n, "text", f"no spoken words in {text!r}"))
+            errors += [(path, e) for e in problems]
+            if not problems:
+                records.append(CTCRecord(path, n, root / audio, text))
+    if errors:
+        raise DatasetError(errors)
+    if not records:
+        raise ValueError(f"no utterances in {', '.join(map(str, paths))}")
+    return records
+
+
+class CTCDataset(Dataset):
+    """Items: (16 kHz waveform, target token ids); audio is decoded lazily (in DataLoader workers)."""
+
+    def __init__(self, records: Sequence[CTCRecord], tokenizer, max_audio_seconds: float | None = 360.0) -> None:
+        self.records = list(records)
+        self.targets = [transcript_ids(tokenizer, r.text) for r in self.records]
+        self.max_audio_seconds = max_audio_seconds
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        r = self.records[index]
+        wave = load_audio(r.audio, max_seconds=self.max_audio_seconds, name=f"{r.path}:{r.line}: {r.audio}")
+        return torch.from_numpy(wave), self.targets[index]
+
+
+class CTCCollator:
+    """Pads a batch: log-mel features with their mask, and targets [B, U_max] with their lengths."""
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+
+    def __call__(self, items: Sequence[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tensor]:
+        feats, mask = batch_features([w for w, _ in items], self.n_mels)
+        lengths = torch.tensor([len(t) for _, t in items], dtype=torch.long)
+        targets = torch.zeros(len(items), max(int(lengths.max()), 1), dtype=torch.long)
+        for i, (_, t) in enumerate(items):
+            targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        return {
+            "input_features": feats,
+            "feature_attention_mask": mask,
+            "ctc_targets": targets,
+            "ctc_target_lengths": lengths,
+        }
+
+
+def speech_ctc_loss(
+    model: nn.Module,
+    input_features: torch.Tensor,
+    feature_attention_mask: torch.Tensor,
+    ctc_targets: torch.Tensor,
+    ctc_target_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Mean per-token CTC loss; an utterance too short for its transcript contributes zero."""
+    logits, lengths = model.speech_ctc_logits(input_features, feature_attention_mask)
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, V + 1]
+    return F.ctc_loss(
+        log_probs, ctc_targets, lengths, ctc_target_lengths,
+        blank=logits.shape[-1] - 1, reduction="mean", zero_infinity=True,
+    )
+
+
+def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """Best path per utterance, repeats merged and blanks (the last class) dropped."""
+    blank = logits.shape[-1] - 1
+    out = []
+    for best, n in zip(logits.argmax(-1).tolist(), lengths.tolist()):
+        ids, prev = [], None
+        for b in best[:n]:
+            if b != prev and b != blank:
+                ids.append(b)
+            prev = b
+        out.append(ids)
+    return out
+
+
+class SpeechCTCForward(nn.Module):
+    """Runs the CTC objective through ``__call__`` so that DDP and autocast see it (as ``DuplexForward`` does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> FunAudioChatOutput:
+        return FunAudioChatOutput(loss=speech_ctc_loss(self.model, **batch))
