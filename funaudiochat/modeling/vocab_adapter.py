@@ -28,12 +28,6 @@ class VocabCTCAdapter(nn.Module):
         self.blank_embed = nn.Parameter(torch.zeros(hidden))
         self.logit_scale = nn.Parameter(torch.ones(()))
 
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.blank_query.zero_()
-            self.blank_embed.zero_()
-            self.logit_scale.fill_(1.0)
-
     def logits(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """[..., H] vectors -> [..., V + 1] CTC logits; the blank is the last class."""
         scores = torch.cat([x @ table.T.to(x.dtype), (x @ self.blank_query.to(x.dtype))[..., None]], dim=-1)
