@@ -136,14 +136,12 @@ class BuildConfig:
         tenth of the lr of the new adapter behind them: 25x the steps over the same few thousand
         synthetic clips would otherwise fit the encoder to the TTS voices.
         """
-        slow_encoder = SLOW_ENCODER
-
         def spec(steps: int, lr_max: float, lr_min: float, batch: int, **kw) -> StageSpec:
             n = max(2, round(steps * scale))
             # One resumable checkpoint per stage: each save writes the whole fp32 model and took 10-25 s
             # on the H200 machine, against 15-30 s of training per quarter stage.
             return StageSpec(n, lr_max, lr_min, batch_size=batch, mixed_precision="bf16", num_workers=6,
-                             lr_scale=dict(slow_encoder), save_every=max(n // 2, 1), **kw)
+                             lr_scale=dict(SLOW_ENCODER), save_every=max(n // 2, 1), **kw)
 
         cfg = cls(answer_asr=True)
         cfg.ctc = spec(2000, 1e-3, 1e-4, 64, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE))

@@ -71,3 +71,17 @@ def test_a_linear_adapter_build_has_no_ctc_stage(tmp_path):
     paths = write_recipes(tmp_path, BuildConfig(speech_adapter="linear"), tmp_path / "s", tmp_path / "d")
     assert CTC_STAGE not in paths
     assert load_recipe(paths["pre_alignment"]).model.path == str(tmp_path / "init")
+
+
+def test_a_work_dir_made_with_another_adapter_is_refused(tmp_path):
+    import json
+
+    from funaudiochat.default_model.build import _init_stage
+
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps({"audio_config": {}}))  # before session 5: linear
+    assert _init_stage(tmp_path, 0, "linear") == tmp_path / "init"
+    with pytest.raises(ValueError, match="made with the 'linear' speech adapter, this build uses 'vocab_ctc'"):
+        _init_stage(tmp_path, 0, "vocab_ctc")
+    with pytest.raises(ValueError, match="speech_adapter must be one of"):
+        BuildConfig(speech_adapter="mlp")
