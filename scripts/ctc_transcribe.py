@@ -33,21 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
-    from transformers import AutoTokenizer
-
     from funaudiochat.audio.features import batch_features
     from funaudiochat.audio.io import load_audio
+    from funaudiochat.chat import load_engine
     from funaudiochat.evaluation.wer import corpus_wer
-    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
     from funaudiochat.training.ctc import greedy_decode
 
-    if args.model == "default":
-        from funaudiochat.default_model.package import load_default_model
-
-        model, tok = load_default_model()
-    else:
-        model = FunAudioChatForConditionalGeneration.from_pretrained(args.model).eval()
-        tok = AutoTokenizer.from_pretrained(args.model)
+    engine = load_engine(args.model)  # "default" or a folder, as the CLI's --model
+    model, tok = engine.model.eval(), engine.processor.tokenizer
     if model.speech_vocab_adapter is None:
         raise SystemExit(f"error: {args.model} has the linear speech adapter; CTC transcripts need 'vocab_ctc'")
     rows = [json.loads(x) for x in args.data.read_text(encoding="utf-8").split("\n") if x.strip()]

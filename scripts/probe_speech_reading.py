@@ -33,21 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
-    from transformers import AutoTokenizer
-
     from funaudiochat.audio.io import load_audio
-    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
-    from funaudiochat.processing import FunAudioChatProcessor, Message
+    from funaudiochat.chat import load_engine
+    from funaudiochat.processing import Message
     from funaudiochat.prompts import SPEECH_TO_TEXT, TRANSCRIBE_INSTRUCTION
 
-    if args.model == "default":
-        from funaudiochat.default_model.package import load_default_model
-
-        model, tok = load_default_model()
-    else:
-        model = FunAudioChatForConditionalGeneration.from_pretrained(args.model).eval()
-        tok = AutoTokenizer.from_pretrained(args.model)
-    processor = FunAudioChatProcessor(tok, model.config)
+    engine = load_engine(args.model)  # "default" or a folder, as the CLI's --model
+    model = engine.model.eval()
+    processor = engine.processor
     rows = [json.loads(x) for x in args.data.read_text(encoding="utf-8").split("\n") if x.strip()][: args.n]
     if len(rows) < 2:
         raise SystemExit(f"error: need at least 2 recordings in {args.data}, got {len(rows)}")

