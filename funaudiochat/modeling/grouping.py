@@ -91,10 +91,13 @@ class SpeechTokenGrouping(nn.Module):
                 f"{speech_ids.shape[1]}; they must be aligned at 25 Hz"
             )
         cont = self.group_continuous(continuous_features)
-        if continuous_map is not None:
-            cont = continuous_map(cont)
         if feature_exist_mask is None:
             feature_exist_mask = torch.ones(grouped.shape[0], dtype=torch.bool, device=grouped.device)
+        if continuous_map is not None:
+            # Only rows with a waveform are used below; mapping the others (spoken replies, often the
+            # longest items) through a 49k-way adapter would be wasted work on every training step.
+            rows = torch.nonzero(feature_exist_mask.to(torch.bool)).flatten()
+            cont = cont.index_put((rows,), continuous_map(cont[rows]))
         use = feature_exist_mask.to(torch.bool)[:, None, None]
         if self.config.continuous_features_mode == "replace":
             return torch.where(use, cont, grouped)

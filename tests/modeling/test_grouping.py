@@ -107,3 +107,19 @@ def test_bad_grouping_config_is_rejected():
         FunAudioChatAudioEncoderConfig(continuous_features_mode="concat")
     with pytest.raises(ValueError, match="outside the speech codebook"):
         FunAudioChatAudioEncoderConfig(codebook_size=100)
+
+
+def test_the_continuous_map_sees_only_rows_with_a_waveform():
+    g = small_grouping(2, "mean")
+    seen = []
+
+    def double(x):
+        seen.append(x.shape[0])
+        return 2 * x
+
+    ids = torch.full((3, 4), 11)
+    feats = torch.ones(3, 4, 2)
+    out = g(ids, feats, torch.tensor([True, False, True]), double)
+    assert seen == [2]
+    torch.testing.assert_close(out[0], torch.full((2, 2), 2.0))  # mapped features replace the tokens
+    torch.testing.assert_close(out[1], torch.zeros(2, 2))  # pad tokens, features unused
