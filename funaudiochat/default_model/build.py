@@ -40,6 +40,8 @@ STAGES = ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"
 CTC_STAGE = "ctc_alignment"
 #: What the CTC stage trains: the encoder and everything between it and the backbone.
 CTC_TRAINABLE = ["continuous_audio_tower.", "audio_tower.continual_output_matching.", "speech_vocab_adapter."]
+#: The CTC stage's audio augmentation (recipe data.speed_perturb and data.gain_db).
+CTC_SPEED_RANGE, CTC_GAIN_DB = (0.85, 1.15), 6.0
 #: Pretrained Whisper layers at a tenth of the lr of the new modules behind them.
 SLOW_ENCODER = {ENCODER_PREFIX: 0.1, ADAPTER_PREFIX: 1.0, "continuous_audio_tower.audio_bos_eos_token.": 1.0}
 
@@ -65,6 +67,9 @@ class StageSpec:
     num_workers: int = 0
     #: optim.lr_scale of the stage's recipe (parameter prefix -> lr multiplier).
     lr_scale: dict[str, float] = field(default_factory=dict)
+    #: data.speed_perturb and data.gain_db of the recipe (the CTC stage's augmentation).
+    speed_perturb: list[float] | None = None
+    gain_db: float = 0.0
 
 
 @dataclass
@@ -93,13 +98,14 @@ class BuildConfig:
     #: ``vocab_ctc`` (user speech read as the backbone's own tokens, trained first by CTC) or
     #: ``linear`` (the released adapter; what the builds before session 5 used, without a CTC stage).
     speech_adapter: str = "vocab_ctc"
+    # Speed (tempo and pitch) and level perturbation: each pass hears the few synthetic voices anew.
     ctc: StageSpec | None = field(default_factory=lambda: StageSpec(
         400, 1e-3, 1e-4, batch_size=16, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE),
-        lr_scale=dict(SLOW_ENCODER)))
+        lr_scale=dict(SLOW_ENCODER), speed_perturb=list(CTC_SPEED_RANGE), gain_db=CTC_GAIN_DB))
     # Sized so the whole build fits in 90 minutes on a 2-core CPU (docs/default-model.md). The new
     # adapter starts from random weights, hence the higher pre-alignment lr.
     stages: dict[str, StageSpec] = field(default_factory=lambda: {
-        "pre_alignment": StageSpec(240, 3e-4, 3e-5, freeze=["language_model."], lr_scale=dict(SLOW_ENCODER)),
+        "pre_alignment": StageSpec(160, 3e-4, 3e-5, freeze=["language_model."], lr_scale=dict(SLOW_ENCODER)),
         "core_cocktail_stage1": StageSpec(180, 1e-4, 1e-5, lora_r=8, lr_scale=dict(SLOW_ENCODER)),
         "core_cocktail_stage2": StageSpec(90, 1e-5, 1e-6, lora_r=8),
         "dpo": StageSpec(50, 5e-6, 5e-7, batch_size=4, lora_r=8, warmup_ratio=0.1),
@@ -201,9 +207,16 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path, out: Path, seed
     if spec.lora_r:
         train["lora"] = {"r": spec.lora_r, "alpha": 2.0 * spec.lora_r, "merge_at_end": True}
     save_every = spec.save_every if spec.save_every is not None else max(spec.max_steps // 4, 50)
+    data_section: dict[str, Any] = {"train": [str(data)], "num_workers": spec.num_workers}
+    if dpo:
+        data_section["allowed_tasks"] = ["robustness"]
+    if spec.speed_perturb is not None:
+        data_section["speed_perturb"] = list(spec.speed_perturb)
+    if spec.gain_db:
+        data_section["gain_db"] = spec.gain_db
     recipe = {
         "name": name, "stage": stage, "model": model,
-        "data": {"train": [str(data)], "num_workers": spec.num_workers, **({"allowed_tasks": ["robustness"]} if dpo else {})},
+        "data": data_section,
         "train": train,
         "optim": {"lr_max": spec.lr_max, "lr_min": spec.lr_min, "warmup_ratio": spec.warmup_ratio,
                   **({"lr_scale": dict(spec.lr_scale)} if spec.lr_scale else {})},

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 from funaudiochat.audio.features import batch_features
 from funaudiochat.audio.io import load_audio
 from funaudiochat.modeling.model import FunAudioChatOutput
+from funaudiochat.speech.audio import speed_perturb
 from funaudiochat.training.data import DataError
 from funaudiochat.training.dataset import DatasetError
 
@@ -101,12 +103,43 @@ def load_ctc_records(
 
 
 class CTCDataset(Dataset):
-    """Items: (16 kHz waveform, target token ids); audio is decoded lazily (in DataLoader workers)."""
+    """Items: (16 kHz waveform, target token ids); audio is decoded lazily (in DataLoader workers).
 
-    def __init__(self, records: Sequence[CTCRecord], tokenizer, max_audio_seconds: float | None = 360.0) -> None:
+    With ``speed`` ``(low, high)`` and/or ``gain_db``, every read of an utterance is perturbed afresh:
+    a random speed (tempo and pitch) and level.  The draws come from ``(seed, index, n-th read of
+    that index)``, so a single-process run is reproducible, resumed runs included as far as the data
+    order is.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[CTCRecord],
+        tokenizer,
+        max_audio_seconds: float | None = 360.0,
+        speed: Sequence[float] | None = None,
+        gain_db: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.records = list(records)
         self.targets = [transcript_ids(tokenizer, r.text) for r in self.records]
         self.max_audio_seconds = max_audio_seconds
+        if speed is not None and not (len(speed) == 2 and 0 < speed[0] <= speed[1]):
+            raise ValueError(f"speed must be (low, high) with 0 < low <= high, got {speed}")
+        self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
+        self.gain_db = float(gain_db)
+        self.seed = seed
+        self._reads = [0] * len(self.records)
+
+    def _perturb(self, wave: np.ndarray, index: int) -> np.ndarray:
+        if self.speed is None and not self.gain_db:
+            return wave
+        rng = np.random.default_rng([self.seed, index, self._reads[index]])
+        self._reads[index] += 1
+        if self.speed is not None:
+            wave = speed_perturb(wave, float(rng.uniform(*self.speed)))
+        if self.gain_db:
+            wave = np.clip(wave * 10.0 ** (rng.uniform(-self.gain_db, self.gain_db) / 20.0), -1.0, 1.0)
+        return wave.astype(np.float32, copy=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -114,7 +147,13 @@ class CTCDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int]]:
         r = self.records[index]
         wave = load_audio(r.audio, max_seconds=self.max_audio_seconds, name=f"{r.path}:{r.line}: {r.audio}")
-        return torch.from_numpy(wave), self.targets[index]
+        return torch.from_numpy(self._perturb(wave, index)), self.targets[index]
+
+
+def dataset_for(records: Sequence[CTCRecord], tokenizer, data, seed: int) -> CTCDataset:
+    """The stage's dataset as a recipe's ``data`` section (:class:`~funaudiochat.training.recipes.DataSection`) asks."""
+    return CTCDataset(records, tokenizer, data.max_audio_seconds, speed=data.speed_perturb,
+                      gain_db=data.gain_db, seed=seed)
 
 
 class CTCCollator:

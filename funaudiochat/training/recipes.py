@@ -87,6 +87,11 @@ class DataSection:
     #: DataLoader worker processes (audio decoding and mel features run there).
     num_workers: int = 0
     shuffle: bool = True
+    #: ``ctc`` stage only: each time an utterance is read, play it at a speed drawn uniformly from
+    #: ``[low, high]`` (e.g. ``[0.85, 1.15]``) and scale it by a gain drawn from +-``gain_db`` dB, so a
+    #: few synthetic voices cover more speakers and recording levels.  Null / 0: off.
+    speed_perturb: list[float] | None = None
+    gain_db: float = 0.0
 
 
 @dataclass
@@ -333,6 +338,14 @@ def _check_values(recipe: Recipe) -> list[str]:
             p.append(f"train.{name}: must be >= 1, got {getattr(t, name)}")
     if t.max_grad_norm is not None and not t.max_grad_norm > 0:
         p.append(f"train.max_grad_norm: must be > 0 or null, got {t.max_grad_norm}")
+    d = recipe.data
+    if d.speed_perturb is not None:
+        if len(d.speed_perturb) != 2 or not 0 < d.speed_perturb[0] <= d.speed_perturb[1]:
+            p.append(f"data.speed_perturb: must be [low, high] with 0 < low <= high, got {d.speed_perturb}")
+    if not 0 <= d.gain_db <= 40:
+        p.append(f"data.gain_db: must be in [0, 40], got {d.gain_db}")
+    if recipe.stage != "ctc" and (d.speed_perturb is not None or d.gain_db):
+        p.append(f"data.speed_perturb / data.gain_db: only the ctc stage augments audio (stage is {recipe.stage})")
     if recipe.stage == "ctc" and t.lora is not None:
         p.append("train.lora: the ctc stage does not run the backbone, so LoRA on it would not train")
     if t.lora is not None:

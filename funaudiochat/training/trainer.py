@@ -332,7 +332,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
                 f"(the released layout's linear adapter has no CTC output)"
             )
         collate = ctc.CTCCollator(config.audio_config.num_mel_bins)
-        dataset = ctc.CTCDataset(records, tokenizer, recipe.data.max_audio_seconds)
+        dataset = ctc.dataset_for(records, tokenizer, recipe.data, t.seed)
     else:
         collate = DPOCollator(processor) if is_dpo else SFTCollator(processor)
         dataset = ConversationDataset(records, processor, recipe.stage, recipe.data.max_audio_seconds)

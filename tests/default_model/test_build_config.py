@@ -62,6 +62,8 @@ def test_the_ctc_stage_comes_first_and_pre_alignment_starts_from_it(tmp_path):
     assert ctc.model.path == str(work / "init") and ctc.train.trainable == CTC_TRAINABLE
     assert (ctc.train.max_steps, ctc.train.batch_size) == (400, 16) and ctc.train.lora is None
     assert ctc.optim.lr_scale[ENCODER_PREFIX] == 0.1
+    assert (ctc.data.speed_perturb, ctc.data.gain_db) == ([0.85, 1.15], 6.0)
+    assert pre.data.speed_perturb is None and pre.data.gain_db == 0.0
     assert pre.model.path == str(work / "runs" / CTC_STAGE / "final")
     with pytest.raises(ValueError, match="needs the CTC data"):
         write_recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl")

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from funaudiochat.speech.audio import add_noise_at_snr, load_audio, resample, to_mono_float32, write_wav_atomic
+from funaudiochat.speech.audio import (
+    add_noise_at_snr,
+    load_audio,
+    resample,
+    speed_perturb,
+    to_mono_float32,
+    write_wav_atomic,
+)
 
 
 def _tone(sr: int = 16000, seconds: float = 1.0) -> np.ndarray:
@@ -26,6 +33,21 @@ def test_add_noise_hits_the_requested_snr_exactly_and_is_seeded() -> None:
 def test_add_noise_rejects_silence() -> None:
     with pytest.raises(ValueError, match="silent"):
         add_noise_at_snr(np.zeros(100, np.float32), 10.0, seed=0)
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.1])
+def test_speed_perturb_scales_duration_and_pitch_together(factor) -> None:
+    tone = _tone(seconds=2.0)
+    fast = speed_perturb(tone, factor)
+    assert abs(len(fast) - len(tone) / factor) <= 1
+    spectrum = np.abs(np.fft.rfft(fast))
+    peak_hz = np.argmax(spectrum) * 16000 / len(fast)
+    assert peak_hz == pytest.approx(440 * factor, abs=2.0)
+
+
+def test_speed_perturb_rejects_a_non_positive_factor() -> None:
+    with pytest.raises(ValueError, match="speed factor must be > 0, got 0"):
+        speed_perturb(_tone(), 0.0)
 
 
 def test_to_mono_float32_handles_int16_and_stereo() -> None:

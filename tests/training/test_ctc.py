@@ -13,6 +13,7 @@ from funaudiochat.testing import word_tokenizer
 from funaudiochat.training.ctc import (
     CTCCollator,
     CTCDataset,
+    dataset_for,
     greedy_decode,
     load_ctc_records,
     normalize_transcript,
@@ -98,6 +99,48 @@ def test_collator_pads_features_and_targets(tmp_path):
     assert batch["ctc_targets"][1].tolist() == tok.convert_tokens_to_ids(["paris"]) + [0, 0, 0]
 
 
+def one_utterance(tmp_path, seconds=1.0):
+    write_wav(tmp_path / "a.wav", seconds, 300)
+    path = tmp_path / "ctc.jsonl"
+    path.write_text(json.dumps({"audio": "a.wav", "text": "paris"}) + "\n")
+    return load_ctc_records([path])
+
+
+def test_speed_perturbation_changes_each_read_and_is_reproducible(tmp_path):
+    records, tok = one_utterance(tmp_path), word_tokenizer()
+    plain = CTCDataset(records, tok)[0][0]
+    fixed = CTCDataset(records, tok, speed=(0.8, 0.8))[0][0]
+    assert abs(len(fixed) - len(plain) / 0.8) <= 1
+    ds = CTCDataset(records, tok, speed=(0.85, 1.15), gain_db=6.0, seed=3)
+    first, second = ds[0][0], ds[0][0]
+    assert not torch.equal(first, second)  # a fresh draw on every read
+    for wave in (first, second):
+        assert len(plain) / 1.15 - 1 <= len(wave) <= len(plain) / 0.85 + 1
+        peak = float(wave.abs().max()) / float(plain.abs().max())
+        assert 10 ** (-6.5 / 20) <= peak <= 10 ** (6.5 / 20)
+    again = CTCDataset(records, tok, speed=(0.85, 1.15), gain_db=6.0, seed=3)
+    assert torch.equal(again[0][0], first) and torch.equal(again[0][0], second)
+    assert not torch.equal(CTCDataset(records, tok, speed=(0.85, 1.15), gain_db=6.0, seed=4)[0][0], first)
+    assert torch.equal(CTCDataset(records, tok, speed=(1.0, 1.0))[0][0], plain)
+
+
+def test_the_recipe_data_section_sets_the_augmentation(tmp_path):
+    records, tok = one_utterance(tmp_path), word_tokenizer()
+    recipe = recipe_from_dict({
+        "name": "x", "stage": "ctc", "model": {"tiny": True},
+        "data": {"train": ["x.jsonl"], "speed_perturb": [0.8, 0.8], "gain_db": 3.0},
+        "train": {"max_steps": 1, "seed": 7}, "optim": {"lr_max": 1e-3, "lr_min": 1e-4},
+    })
+    ds = dataset_for(records, tok, recipe.data, recipe.train.seed)
+    assert (ds.speed, ds.gain_db, ds.seed) == ((0.8, 0.8), 3.0, 7)
+    assert abs(len(ds[0][0]) - len(CTCDataset(records, tok)[0][0]) / 0.8) <= 1
+
+
+def test_a_bad_speed_range_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"speed must be \(low, high\) with 0 < low <= high, got \(1.2, 0.9\)"):
+        CTCDataset(one_utterance(tmp_path), word_tokenizer(), speed=(1.2, 0.9))
+
+
 WORDS = ["paris", "france", "capital", "water", "sky", "blue"]
 
 
@@ -173,4 +216,19 @@ def test_a_ctc_recipe_with_lora_is_refused():
         recipe_from_dict({
             "name": "x", "stage": "ctc", "model": {"tiny": True}, "data": {"train": ["x.jsonl"]},
             "train": {"max_steps": 1, "lora": {"r": 4}},
+        })
+
+
+@pytest.mark.parametrize("stage, data, message", [
+    ("sft", {"speed_perturb": [0.9, 1.1]}, r"only the ctc stage augments audio \(stage is sft\)"),
+    ("dpo", {"gain_db": 3.0}, r"only the ctc stage augments audio \(stage is dpo\)"),
+    ("ctc", {"speed_perturb": [1.1, 0.9]}, r"data.speed_perturb: must be \[low, high\] with 0 < low <= high"),
+    ("ctc", {"speed_perturb": [0.9]}, r"data.speed_perturb: must be \[low, high\]"),
+    ("ctc", {"gain_db": -1.0}, r"data.gain_db: must be in \[0, 40\], got -1.0"),
+])
+def test_bad_audio_augmentation_settings_are_refused(stage, data, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({
+            "name": "x", "stage": stage, "model": {"tiny": True}, "data": {"train": ["x.jsonl"], **data},
+            "train": {"max_steps": 1}, "optim": {"lr_max": 1e-3, "lr_min": 1e-4},
         })
