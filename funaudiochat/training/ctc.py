@@ -107,8 +107,8 @@ class CTCDataset(Dataset):
 
     With ``speed`` ``(low, high)`` and/or ``gain_db``, every read of an utterance is perturbed afresh:
     a random speed (tempo and pitch) and level.  The draws come from ``(seed, index, n-th read of
-    that index)``, so a single-process run is reproducible, resumed runs included as far as the data
-    order is.
+    that index)``, plus the DataLoader worker's seed in a worker process: each worker counts reads on
+    its own copy, and its seed, new every epoch, keeps the passes different.  Runs are reproducible.
     """
 
     def __init__(
@@ -133,7 +133,9 @@ class CTCDataset(Dataset):
     def _perturb(self, wave: np.ndarray, index: int) -> np.ndarray:
         if self.speed is None and not self.gain_db:
             return wave
-        rng = np.random.default_rng([self.seed, index, self._reads[index]])
+        worker = torch.utils.data.get_worker_info()
+        entropy = [self.seed, index, self._reads[index]] + ([] if worker is None else [worker.seed])
+        rng = np.random.default_rng(entropy)
         self._reads[index] += 1
         if self.speed is not None:
             wave = speed_perturb(wave, float(rng.uniform(*self.speed)))

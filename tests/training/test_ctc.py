@@ -124,6 +124,16 @@ def test_speed_perturbation_changes_each_read_and_is_reproducible(tmp_path):
     assert torch.equal(CTCDataset(records, tok, speed=(1.0, 1.0))[0][0], plain)
 
 
+def test_worker_processes_draw_new_perturbations_every_epoch(tmp_path):
+    """A fresh worker's read count starts at 0 each epoch; its seed keeps the epochs from repeating."""
+    ds = CTCDataset(one_utterance(tmp_path), word_tokenizer(), speed=(0.85, 1.15), seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, generator=torch.Generator().manual_seed(0))
+    first, second = (next(iter(loader))[0] for _ in range(2))
+    assert not torch.equal(first, second)
+    again = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(next(iter(again))[0], first)
+
+
 def test_the_recipe_data_section_sets_the_augmentation(tmp_path):
     records, tok = one_utterance(tmp_path), word_tokenizer()
     recipe = recipe_from_dict({
