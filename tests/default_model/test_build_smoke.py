@@ -120,9 +120,22 @@ def test_smoke_duplex_stage(smoke_build):
     manifest = pkg.verify_manifest(smoke_build.out_dir, duplex=True)
     assert manifest["files"][pkg.DUPLEX_FILE]["bytes"] < 8_000_000  # LoRA factors, head, adapter only
     assert manifest["duplex"]["build"]["dialogues"] == 2
-    # fp16 storage of the trained change: close to the fp32 trained model
-    # (text: the max over every step of a 49k-way logit row, with the half-duplex package's fp16 storage in it too)
-    assert res.max_action_logit_diff < 0.05 and res.max_text_logit_diff < 0.25
+    # The package reproduces the trained model up to fp16 storage.  The half-duplex package stores the
+    # speech modules in fp16, and a 2-step smoke model's encoder -> 49k-way CTC adapter amplifies that
+    # rounding (end to end, text logits moved by 2.5 to 6.6 here; the full build's: 0.054).  So the
+    # trained model gets the same rounding of those modules first: what is left is the duplex
+    # extra's own storage and the backbone's factored delta.
+    from funaudiochat.default_model.duplex_build import compare_duplex
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+
+    trained = FunAudioChatForConditionalGeneration.from_pretrained(work / "runs" / "duplex" / "final").eval()
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if not name.startswith("language_model."):
+                p.copy_(p.half().float())
+    da, dt = compare_duplex(res.model, trained, smoke_build.tokenizer, work / "duplex" / "data" / "duplex.jsonl")
+    assert da < 0.01 and dt < 0.25, (da, dt)
+    assert res.max_action_logit_diff < 0.05  # end to end, as the manifest records it
     model, _ = load_default_model(smoke_build.out_dir, duplex=True)
     assert has_duplex(model)
     sa, sb = model.state_dict(), res.model.state_dict()
