@@ -87,6 +87,10 @@ class _Row:
     end: EndOfTurn | None = None  # set when the row is closed
     new_messages: list[Message] = field(default_factory=list)  # the turn's input, written to history at close
     speaking: bool = False
+    #: The text stream said ``<|sil|>`` (or ``<|im_end|>``) while speaking: in training text never
+    #: follows it in a turn, so ``<|sil|>`` is held until the speech ends (a model whose speech runs on
+    #: otherwise starts the text over).
+    text_ended: bool = False
     finished: bool = False
     reason: str = ""
     cancel_requested: bool = False
@@ -155,9 +159,10 @@ class Turn:
         if pad_text is not None and pad_text != tok.unk_token_id:
             self.audio_specials.append(pad_text)
         dev = self.model.device
-        # while speaking, the text stream may not end the turn or open audio
+        # while speaking, the text stream may not open audio or close it (the speech does that); an
+        # <|im_end|> there ends only the text and is fed as <|sil|>, as training maps text EOS to it
         self.ban_speaking = torch.tensor(
-            sorted({self.im_end, cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
+            sorted({cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
             device=dev,
         )
         self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
@@ -326,10 +331,14 @@ class Turn:
                 continue
             if row.speaking and row.steps >= self.options.max_steps:
                 text[i], row.speaking, row.reason = self.cfg.audio_eos_id, False, "max_duration"
+            elif row.speaking and row.text_ended:
+                text[i] = self.cfg.sil_id
             else:
                 ban = self.ban_speaking if row.speaking else self.ban_text
                 previous = torch.tensor(row.fed_text, dtype=torch.long, device=dev)
                 text[i] = sample_token(self.next_logits[i], self.options.text_sampling, row.conv.generator, previous, ban)
+                if row.speaking and text[i] in (self.cfg.sil_id, self.im_end):
+                    text[i], row.text_ended = self.cfg.sil_id, True
             row.steps += 1
             if "first_text_s" not in row.timings and text[i] not in self.hidden_specials:
                 row.timings["first_text_s"] = time.perf_counter() - self.t0

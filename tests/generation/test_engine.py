@@ -255,3 +255,28 @@ def test_tools_go_into_the_first_system_prompt(random_engine):
     end = random_engine.respond(conv, Message("user", "weather ?"), TurnOptions(mode="s2t", max_seconds=0.4, tools=tools))
     assert "<tools>" in conv.messages[0].text and "get_weather" in conv.messages[0].text
     assert isinstance(end.tool_calls, list)
+
+
+@pytest.mark.parametrize("end", ["sil", "im_end"])
+def test_text_holds_silence_once_it_has_ended_while_speech_goes_on(random_engine, end):
+    """In training text never follows <|sil|> within a spoken turn (text EOS is mapped to it); an
+    untrained model would write on, and an <|im_end|> there must not end the turn before the speech."""
+    cfg = random_engine.model.config
+    end_id = cfg.sil_id if end == "sil" else random_engine.processor.im_end
+
+    def fed_text(force_end_at):
+        conv = random_engine.conversation(system_prompt=SYSTEM, seed=0)
+        turn = random_engine.start(conv, Message("user", audio=user_audio()), GREEDY_S2S)
+        while not turn.done:
+            if turn.rows[0].steps == force_end_at:
+                with torch.inference_mode():  # the text head "ends the text" at this step
+                    turn.next_logits[0, end_id] = 1e4
+            turn.step()
+        fed = list(turn.rows[0].fed_text)
+        turn.close()
+        return fed[: fed.index(cfg.audio_eos_id)]  # the text stream while speaking
+
+    free, ended = fed_text(None), fed_text(3)
+    assert free[:3] == ended[:3] and len(free) == len(ended) > 6
+    assert any(t != cfg.sil_id for t in free[4:])  # left alone, the random model keeps writing
+    assert ended[3:] == [cfg.sil_id] * (len(ended) - 3)
