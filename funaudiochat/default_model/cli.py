@@ -51,6 +51,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.speech_adapter != "vocab_ctc":
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.speech_adapter = args.speech_adapter
+    if args.vocab_sentences is not None:
+        if args.vocab_sentences < 0:
+            raise SystemExit(f"error: --vocab-sentences must be >= 0, got {args.vocab_sentences}")
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.vocab_sentences = args.vocab_sentences
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -95,6 +100,9 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
                    help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
                    "states (off by default; docs/default-model.md)")
+    p.add_argument("--vocab-sentences", type=int, default=None, metavar="N",
+                   help="extra CTC recordings: N benchmark dev sentences chosen for the words the training "
+                   "transcripts lack (default: 2000, 4 with --smoke; 0: none; vocab_ctc only)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

@@ -8,6 +8,7 @@ from funaudiochat.default_model.build import (
     CTC_STAGE,
     CTC_TRAINABLE,
     ENCODER_PREFIX,
+    FROZEN_AFTER_CTC,
     STAGES,
     BuildConfig,
     write_recipes,
@@ -31,14 +32,17 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert cpu.srh is None and gpu.srh is None and BuildConfig.smoke().srh.steps == 2
 
 
-def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
+def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     paths = write_recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl",
                           ctc=tmp_path / "ctc.jsonl")
     for name in (CTC_STAGE, *STAGES):
         r = load_recipe(paths[name])
         assert r.train.mixed_precision == "bf16" and r.data.num_workers == 6
-        assert r.optim.lr_scale[ENCODER_PREFIX] == 0.1 and r.optim.lr_scale[ADAPTER_PREFIX] == 1.0
         assert r.output.save_every == r.train.max_steps // 2
+        if name == CTC_STAGE:
+            assert r.optim.lr_scale[ENCODER_PREFIX] == 0.1 and r.optim.lr_scale[ADAPTER_PREFIX] == 1.0
+        else:  # the lr scales named only the frozen encoder, so they go with it
+            assert set(FROZEN_AFTER_CTC) <= set(r.train.freeze) and not r.optim.lr_scale
     assert load_recipe(paths["core_cocktail_stage1"]).train.lora.r == 16
 
 
@@ -48,6 +52,7 @@ def test_gpu_recipes_validate_with_a_slow_encoder(tmp_path):
     (["--preset", "gpu", "--smoke"], "--smoke already sizes every stage"),
     (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
+    (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
 ])
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -60,7 +65,7 @@ def test_the_ctc_stage_comes_first_and_pre_alignment_starts_from_it(tmp_path):
     ctc, pre = load_recipe(paths[CTC_STAGE]), load_recipe(paths["pre_alignment"])
     assert ctc.stage == "ctc" and ctc.data.train == [str(data / "ctc.jsonl")]
     assert ctc.model.path == str(work / "init") and ctc.train.trainable == CTC_TRAINABLE
-    assert (ctc.train.max_steps, ctc.train.batch_size) == (400, 16) and ctc.train.lora is None
+    assert (ctc.train.max_steps, ctc.train.batch_size) == (520, 16) and ctc.train.lora is None
     assert ctc.optim.lr_scale[ENCODER_PREFIX] == 0.1
     assert (ctc.data.speed_perturb, ctc.data.gain_db) == ([0.85, 1.15], 6.0)
     assert pre.data.speed_perturb is None and pre.data.gain_db == 0.0
@@ -87,3 +92,24 @@ def test_a_work_dir_made_with_another_adapter_is_refused(tmp_path):
         _init_stage(tmp_path, 0, "vocab_ctc")
     with pytest.raises(ValueError, match="speech_adapter must be one of"):
         BuildConfig(speech_adapter="mlp")
+
+
+def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embedding(tmp_path):
+    data = tmp_path / "d"
+    paths = write_recipes(tmp_path, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl",
+                          ctc=[data / "ctc.jsonl", data / "ctc_vocab.jsonl"])
+    assert load_recipe(paths[CTC_STAGE]).data.train == [str(data / "ctc.jsonl"), str(data / "ctc_vocab.jsonl")]
+    pre = load_recipe(paths["pre_alignment"])
+    assert pre.train.freeze == ["language_model.", *FROZEN_AFTER_CTC] and not pre.optim.lr_scale
+    for name in STAGES[1:]:
+        assert load_recipe(paths[name]).train.freeze == FROZEN_AFTER_CTC
+    assert not any("speech_vocab_adapter.blank_embed".startswith(p) for p in FROZEN_AFTER_CTC)
+    assert any("speech_vocab_adapter.blank_query".startswith(p) for p in FROZEN_AFTER_CTC)
+    # opting out restores session 6's recipes: the encoder keeps training at a tenth of the lr
+    off = write_recipes(tmp_path / "off", BuildConfig(freeze_speech_in=False), data / "s", data / "p",
+                        ctc=data / "ctc.jsonl")
+    stage1 = load_recipe(off["core_cocktail_stage1"])
+    assert stage1.train.freeze == [] and stage1.optim.lr_scale[ENCODER_PREFIX] == 0.1
+    # a linear-adapter build has no CTC stage, so nothing is frozen for it
+    lin = write_recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear"), data / "s", data / "p")
+    assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == []

@@ -66,6 +66,23 @@ def test_smoke_build_outputs(smoke_build):
     changed = {k for k in init_state if not torch.equal(init_state[k], ctc_state[k])}
     assert changed and all(k.startswith(("continuous_audio_tower.", "audio_tower.continual_output_matching.",
                                          "speech_vocab_adapter.")) for k in changed)
+    # every later stage kept what the CTC stage trained, except what the backbone reads for a blank
+    from funaudiochat.default_model.build import FROZEN_AFTER_CTC
+
+    dpo_state = load_file(str(work / "runs" / "dpo" / "final" / "model.safetensors"))
+    kept = [k for k in ctc_state if k.startswith(tuple(FROZEN_AFTER_CTC))]
+    assert kept and all(torch.equal(ctc_state[k], dpo_state[k]) for k in kept)
+    assert not torch.equal(ctc_state["speech_vocab_adapter.blank_embed"], dpo_state["speech_vocab_adapter.blank_embed"])
+    # the extra CTC sentences: 4 in the smoke build, spoken, and in the CTC recipe beside the Q/A recordings
+    import yaml
+
+    ctc_recipe = yaml.safe_load((work / "recipes" / "ctc_alignment.yaml").read_text())
+    if BENCHDATA.is_dir():
+        vocab = load_ctc_records([work / "data" / "ctc_vocab.jsonl"])
+        assert len(vocab) == 4 and all(r.audio.is_file() for r in vocab)
+        assert ctc_recipe["data"]["train"] == [str(work / "data" / "ctc.jsonl"), str(work / "data" / "ctc_vocab.jsonl")]
+    else:
+        assert ctc_recipe["data"]["train"] == [str(work / "data" / "ctc.jsonl")]
     assert (work / "runs" / "merged" / "merge_info.json").is_file()
     assert set(smoke_build.timings) >= {"answers", "speech_data", "ctc_alignment", "dpo", "srh_refine", "package"}
     # the SRH stage: 4 replies cached, 1 held out, 2 steps logged; only the head differs from DPO's model
