@@ -56,6 +56,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --vocab-sentences must be >= 0, got {args.vocab_sentences}")
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.vocab_sentences = args.vocab_sentences
+    if args.no_freeze_speech_in:
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.freeze_speech_in = False
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -103,6 +106,9 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-sentences", type=int, default=None, metavar="N",
                    help="extra CTC recordings: N benchmark dev sentences chosen for the words the training "
                    "transcripts lack (default: 2000, 4 with --smoke; 0: none; vocab_ctc only)")
+    p.add_argument("--no-freeze-speech-in", action="store_true",
+                   help="let the stages after the CTC stage train the encoder and the CTC readout too "
+                   "(session 6's recipe; the default freezes them, docs/default-model.md)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",
