@@ -165,6 +165,8 @@ class Turn:
             sorted({cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
             device=dev,
         )
+        # ...and may not end before it has said a word: a spoken turn always has written text
+        self.ban_speaking_silent = torch.tensor(sorted({*self.ban_speaking.tolist(), cfg.sil_id, self.im_end}), device=dev)
         self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
         self.ban_speech = torch.tensor([a.bos_token_id, a.pad_token_id], device=dev)
         self.hidden_specials = set(self.audio_specials) | {self.im_end}
@@ -334,7 +336,10 @@ class Turn:
             elif row.speaking and row.text_ended:
                 text[i] = self.cfg.sil_id
             else:
-                ban = self.ban_speaking if row.speaking else self.ban_text
+                if row.speaking:
+                    ban = self.ban_speaking if row.visible else self.ban_speaking_silent
+                else:
+                    ban = self.ban_text
                 previous = torch.tensor(row.fed_text, dtype=torch.long, device=dev)
                 text[i] = sample_token(self.next_logits[i], self.options.text_sampling, row.conv.generator, previous, ban)
                 if row.speaking and text[i] in (self.cfg.sil_id, self.im_end):

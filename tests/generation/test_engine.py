@@ -268,7 +268,8 @@ def test_text_holds_silence_once_it_has_ended_while_speech_goes_on(random_engine
         conv = random_engine.conversation(system_prompt=SYSTEM, seed=0)
         turn = random_engine.start(conv, Message("user", audio=user_audio()), GREEDY_S2S)
         while not turn.done:
-            if turn.rows[0].steps == force_end_at:
+            row = turn.rows[0]
+            if row.steps == force_end_at or (force_end_at == "before_a_word" and row.speaking and not row.visible):
                 with torch.inference_mode():  # the text head "ends the text" at this step
                     turn.next_logits[0, end_id] = 1e4
             turn.step()
@@ -280,3 +281,5 @@ def test_text_holds_silence_once_it_has_ended_while_speech_goes_on(random_engine
     assert free[:3] == ended[:3] and len(free) == len(ended) > 6
     assert any(t != cfg.sil_id for t in free[4:])  # left alone, the random model keeps writing
     assert ended[3:] == [cfg.sil_id] * (len(ended) - 3)
+    # a spoken turn always has written text: before its first word the text may not end
+    assert fed_text("before_a_word") == free
