@@ -128,6 +128,33 @@ def merge_lora_adapters(model: torch.nn.Module) -> None:
         model.language_model = lm.merge_and_unload()
 
 
+def train_new_token_rows(model: torch.nn.Module, first_row: int) -> list[torch.nn.Parameter]:
+    """Let the embedding rows ``first_row:`` train while the rows below stay fixed.
+
+    The input table and, when it is a separate tensor, the output head: both hold a row per added token.
+    Returns the parameters so the optimizer can exempt them from weight decay (a masked row must not move).
+    """
+    lm = model.language_model
+    tables = [lm.get_input_embeddings().weight]
+    head = lm.get_output_embeddings()
+    if head is not None and head.weight is not tables[0]:
+        tables.append(head.weight)
+    vocab = tables[0].shape[0]
+    if not 0 < first_row < vocab:
+        raise ValueError(f"train.new_token_rows: {first_row} is not a row of the {vocab}-token embedding table")
+
+    def keep_old_rows(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:first_row] = 0
+        return grad
+
+    for weight in tables:
+        weight.requires_grad_(True)
+        weight.register_hook(keep_old_rows)
+    logger.info("training embedding rows %d-%d (the added tokens)", first_row, vocab - 1)
+    return tables
+
+
 def trainable_after_lora(model: torch.nn.Module, freeze: Sequence[str], trainable: Sequence[str] | None) -> list[str]:
     """With LoRA the backbone trains only through its adapters; other modules follow the prefixes."""
     names = []

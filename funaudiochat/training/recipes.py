@@ -119,6 +119,11 @@ class TrainSection:
     #: If set, *only* parameters under these prefixes train (applied before ``freeze``).
     trainable: list[str] | None = None
     lora: LoraSection | None = None
+    #: Also train the backbone's embedding rows from this token id on (the tokens added for audio,
+    #: ``<|audio_bos|>``, ``<|sil|>``...) when the backbone is frozen or LoRA-wrapped: those rows start
+    #: untrained, and the first text token of a spoken reply is predicted at ``<|audio_bos|>``. The rows
+    #: below get no gradient and no weight decay, so they stay bit-identical (null: off).
+    new_token_rows: int | None = None
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     #: Clip the global gradient norm to this value (null: no clipping, norm still logged).
@@ -338,6 +343,11 @@ def _check_values(recipe: Recipe) -> list[str]:
             p.append(f"train.{name}: must be >= 1, got {getattr(t, name)}")
     if t.max_grad_norm is not None and not t.max_grad_norm > 0:
         p.append(f"train.max_grad_norm: must be > 0 or null, got {t.max_grad_norm}")
+    if t.new_token_rows is not None and (isinstance(t.new_token_rows, bool) or not isinstance(t.new_token_rows, int)
+                                         or t.new_token_rows < 1):
+        p.append(f"train.new_token_rows: must be a token id >= 1 or null, got {t.new_token_rows!r}")
+    if recipe.stage == "ctc" and t.new_token_rows is not None:
+        p.append("train.new_token_rows: the ctc stage does not run the backbone, so its embeddings would not train")
     d = recipe.data
     if d.speed_perturb is not None:
         if len(d.speed_perturb) != 2 or not 0 < d.speed_perturb[0] <= d.speed_perturb[1]:

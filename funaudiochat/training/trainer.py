@@ -132,9 +132,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps: int
     )
 
 
-def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices (not on biases and norm scales); ``optim.lr_scale``
-    puts parameters under a prefix in their own group, whose ``lr_scale`` the scheduler applies."""
+def build_optimizer(
+    model: torch.nn.Module, recipe: Recipe, no_decay: Sequence[torch.nn.Parameter] = ()
+) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices (not on biases and norm scales, nor on ``no_decay``, the
+    partly trained embedding tables); ``optim.lr_scale`` puts parameters under a prefix in their own
+    group, whose ``lr_scale`` the scheduler applies."""
     o = recipe.optim
     prefixes = sorted(o.lr_scale, key=len, reverse=True)
     used: set[str] = set()
@@ -145,7 +148,8 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW
         hit = next((x for x in prefixes if name.startswith(x)), None)
         if hit is not None:
             used.add(hit)
-        groups.setdefault((o.lr_scale[hit] if hit else 1.0, p.ndim >= 2), []).append(p)
+        decay = p.ndim >= 2 and not any(p is q for q in no_decay)
+        groups.setdefault((o.lr_scale[hit] if hit else 1.0, decay), []).append(p)
     unused = [x for x in o.lr_scale if x not in used]
     if unused:
         raise ValueError(f"optim.lr_scale: no trainable parameter starts with {unused}")
@@ -276,6 +280,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
         build_model,
         configure_trainable,
         merge_lora_adapters,
+        train_new_token_rows,
         trainable_after_lora,
     )
 
@@ -347,6 +352,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     if t.lora is not None:
         apply_lora(model, t.lora)
         trainable_after_lora(model, t.freeze, t.trainable)
+    no_decay = train_new_token_rows(model, t.new_token_rows) if t.new_token_rows is not None else []
     if t.gradient_checkpointing:
         # transformers 5 renamed it activation_checkpointing_enable (the old name warns)
         if hasattr(model, "activation_checkpointing_enable"):
@@ -354,7 +360,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    optimizer = build_optimizer(model, recipe)
+    optimizer = build_optimizer(model, recipe, no_decay)
     scheduler = build_scheduler(optimizer, recipe, steps)
     sampler = ckpt.ResumableSampler(len(dataset), seed=t.seed, shuffle=recipe.data.shuffle)
     extra = {"total_steps": steps, "global_batch": global_batch, "stage": recipe.stage, "name": recipe.name}

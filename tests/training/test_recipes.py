@@ -48,6 +48,10 @@ def test_cross_field_checks():
         recipe_from_dict(apply_overrides(BASE, ["model.path=/x"]))
     with pytest.raises(RecipeError, match=r"optim.lr_min: must be in \[0, lr_max=0.0001\], got 0.001"):
         recipe_from_dict(apply_overrides(BASE, ["optim.lr_max=1e-4", "optim.lr_min=1e-3"]))
+    with pytest.raises(RecipeError, match="train.new_token_rows: must be a token id >= 1 or null, got 0"):
+        recipe_from_dict(apply_overrides(BASE, ["train.new_token_rows=0"]))
+    with pytest.raises(RecipeError, match="the ctc stage does not run the backbone, so its embeddings would not train"):
+        recipe_from_dict(apply_overrides(BASE, ["stage=ctc", "train.new_token_rows=5"]))
     with pytest.raises(RecipeError, match="name: missing"):
         recipe_from_dict({k: v for k, v in BASE.items() if k != "name"})
 

@@ -7,7 +7,7 @@ import torch
 
 from funaudiochat.training.checkpoint import ResumableSampler
 from funaudiochat.training.synthetic import write_synthetic_dataset
-from funaudiochat.training.trainer import RankBatchSampler, draw, total_steps
+from funaudiochat.training.trainer import RankBatchSampler, draw, total_steps, train
 from tests.training.tiny_runs import tiny_recipe, weights
 
 FAST = ["train.max_steps=2", "output.plots=false", "train.freeze=[]", "optim.lr_max=1e-3", "optim.lr_min=1e-4"]
@@ -41,6 +41,32 @@ def test_lora_trains_only_adapters_in_the_backbone_and_merges_them(tmp_path, dat
             assert torch.equal(v, init[k]) != targeted, k  # exactly the LoRA targets changed
     assert not torch.equal(final["audio_tower.embed_tokens.weight"], init["audio_tower.embed_tokens.weight"])
     FunAudioChatForConditionalGeneration.from_pretrained(result.final_dir)  # strict load
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_new_token_rows_train_while_the_rest_of_the_backbone_stays_fixed(tmp_path, data, lora):
+    """The tiny backbone's 5 added tokens are ids 507-511 (untied head: both tables hold them); weight
+    decay is on, so an old row that were decayed would move."""
+    opts = ["train.new_token_rows=507", "optim.weight_decay=0.5"]
+    if lora:  # LoRA on the backbone (stage 1); otherwise the backbone is frozen (pre-alignment)
+        pytest.importorskip("peft")
+        opts += ["train.lora.r=4", "train.lora.target_modules=[q_proj]"]
+    else:
+        opts += ["train.freeze=[language_model.]"]
+    result = train(tiny_recipe("pre_alignment", data, tmp_path / "run", *FAST, *opts))
+    init, final = _init_weights(), weights(result.final_dir)
+    for table in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
+        assert torch.equal(final[table][:507], init[table][:507]), table
+        changed = (final[table][507:] != init[table][507:]).any(-1)
+        assert bool(changed[508 - 507]), table  # <|audio_bos|> is in every assistant turn
+    for k, v in final.items():
+        if k.startswith("language_model.") and "embed_tokens" not in k and "lm_head" not in k:
+            assert torch.equal(v, init[k]) != (lora and ".q_proj." in k), k
+
+
+def test_new_token_rows_outside_the_table_is_an_error(tmp_path, data):
+    with pytest.raises(ValueError, match="train.new_token_rows: 600 is not a row of the 512-token embedding table"):
+        train(tiny_recipe("pre_alignment", data, tmp_path / "run", *FAST, "train.new_token_rows=600"))
 
 
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, data):
