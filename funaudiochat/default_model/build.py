@@ -122,6 +122,10 @@ class BuildConfig:
     #: Freeze the speech-in path after the CTC stage (``FROZEN_AFTER_CTC``), ``vocab_ctc`` only.  The
     #: session-6 build's readout went from 42.9 % to 50.7 % WER on real speech through the later stages.
     freeze_speech_in: bool = True
+    #: Train the embedding rows of the added tokens (``<|audio_bos|>``, ``<|sil|>``...) in every stage
+    #: after the CTC stage (``train.new_token_rows``).  Session 8: until then they kept their initial
+    #: values, and a spoken reply's first word, predicted at ``<|audio_bos|>``, was mostly wrong.
+    train_new_tokens: bool = True
     #: SRH refinement after DPO on cached backbone states (None: the package takes the DPO model).
     #: Off by default: on the CPU build's data it lowered the held-out speech loss only from 5.52 to
     #: 5.23 (at 400 steps; it overfits after), see docs/default-model.md.
@@ -209,10 +213,11 @@ class _Timer:
 
 
 def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], out: Path, seed: int, dpo: bool,
-            stage: str | None = None, frozen: list[str] | None = None) -> dict:
+            stage: str | None = None, frozen: list[str] | None = None, new_token_rows: int | None = None) -> dict:
     """A stage's recipe as plain data; ``stage`` overrides the sft/dpo choice of ``dpo`` (``"duplex"``).
 
-    ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match.
+    ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match;
+    ``new_token_rows`` becomes ``train.new_token_rows``.
     """
     stage = stage or ("dpo" if dpo else "sft")
     frozen = frozen or []
@@ -222,6 +227,8 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
                              "seed": seed}
     if spec.trainable is not None:
         train["trainable"] = list(spec.trainable)
+    if new_token_rows is not None:
+        train["new_token_rows"] = new_token_rows
     if spec.lora_r:
         train["lora"] = {"r": spec.lora_r, "alpha": 2.0 * spec.lora_r, "merge_at_end": True}
     save_every = spec.save_every if spec.save_every is not None else max(spec.max_steps // 4, 50)
@@ -247,7 +254,7 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
 
 
 def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: bool = True,
-                  ctc: Path | list[Path] | None = None) -> dict[str, Path]:
+                  ctc: Path | list[Path] | None = None, original_vocab: int | None = None) -> dict[str, Path]:
     """One YAML recipe per stage (checked by the recipe schema on load).
 
     ``merge=False`` writes the ablation that skips the Core-Cocktail merge: stage 2 continues from
@@ -255,6 +262,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     ``work/recipes_nomerge``); the stages before the merge are shared with the main build.  With a
     ``vocab_ctc`` adapter the speech CTC stage (data ``ctc``, one file or several) comes first and
     pre-alignment starts from it; with ``cfg.freeze_speech_in`` every later stage keeps that path frozen.
+    With ``cfg.train_new_tokens`` the stages after it train the embedding rows from ``original_vocab`` on.
     """
     import yaml
 
@@ -269,10 +277,14 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
         "dpo": out_runs / "core_cocktail_stage2" / "final",
     }
     frozen = FROZEN_AFTER_CTC if cfg.speech_adapter == "vocab_ctc" and cfg.freeze_speech_in else []
+    if cfg.train_new_tokens and original_vocab is None:
+        raise ValueError("BuildConfig.train_new_tokens needs the backbone's original vocabulary size")
+    rows = original_vocab if cfg.train_new_tokens else None
     out = {}
     for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
         r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"},
-                    dpo if name == "dpo" else sft, out_runs / name, cfg.seed + i, name == "dpo", frozen=frozen)
+                    dpo if name == "dpo" else sft, out_runs / name, cfg.seed + i, name == "dpo", frozen=frozen,
+                    new_token_rows=rows)
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
     if with_ctc:
@@ -329,6 +341,11 @@ def _init_stage(work: Path, seed: int, speech_adapter: str) -> Path:
         tok.save_pretrained(tmp)
         (tmp / "original_vocab.json").write_text(json.dumps({"original_vocab": vocab}))
     return init
+
+
+def _original_vocab(init: Path) -> int:
+    """The backbone's vocabulary before the audio tokens were added (written by the init stage)."""
+    return json.loads((init / "original_vocab.json").read_text())["original_vocab"]
 
 
 def _train_stage(recipe_path: Path) -> None:
@@ -405,7 +422,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 
     init = work / "init"
-    vocab = json.loads((init / "original_vocab.json").read_text())["original_vocab"]
+    vocab = _original_vocab(init)
     base = FunAudioChatForConditionalGeneration.from_pretrained(init, dtype=torch.float32).eval()
     base_lm = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(pkg.LM_PREFIX)}
     trained = FunAudioChatForConditionalGeneration.from_pretrained(final_model_dir(work), dtype=torch.float32).eval()
@@ -450,8 +467,8 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     if cfg.speech_adapter == "vocab_ctc" and cfg.vocab_sentences:
         vocab = timer.run("vocab_sentences", _vocab_stage, benchdata, data.ctc, work, cfg.vocab_sentences)
         ctc += [vocab] if vocab is not None else []
-    timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter)
-    recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc)
+    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter)
+    recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init))
     if CTC_STAGE in recipes:
         timer.run(CTC_STAGE, _train_stage, recipes[CTC_STAGE])
     for name in STAGES[:2]:
@@ -480,7 +497,8 @@ def run_no_merge_ablation(work_dir: str | Path, config: BuildConfig | None = Non
     if not (work / "runs" / "core_cocktail_stage1" / "final" / "config.json").is_file():
         raise FileNotFoundError(f"{work}: no finished Core-Cocktail stage 1; run build-default with this work dir first")
     data = work / "data"
-    recipes = write_recipes(work, cfg, data / "sft.jsonl", data / "dpo.jsonl", merge=False)
+    recipes = write_recipes(work, cfg, data / "sft.jsonl", data / "dpo.jsonl", merge=False,
+                            original_vocab=_original_vocab(work / "init"))
     timer = _Timer(work / "timings_nomerge.json")
     for name in STAGES[2:]:
         timer.run(name, _train_stage, recipes[name])

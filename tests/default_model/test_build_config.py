@@ -15,6 +15,13 @@ from funaudiochat.default_model.build import (
 )
 from funaudiochat.training.recipes import load_recipe
 
+VOCAB = 49152  # SmolLM2's vocabulary before the audio tokens
+
+
+def _recipes(*args, **kwargs):
+    return write_recipes(*args, original_vocab=VOCAB, **kwargs)
+
+
 
 def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     cpu, gpu, half = BuildConfig(), BuildConfig.gpu(), BuildConfig.gpu(0.5)
@@ -33,7 +40,7 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
 
 
 def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
-    paths = write_recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl",
+    paths = _recipes(tmp_path, BuildConfig.gpu(0.25), tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl",
                           ctc=tmp_path / "ctc.jsonl")
     for name in (CTC_STAGE, *STAGES):
         r = load_recipe(paths[name])
@@ -61,7 +68,7 @@ def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
 
 def test_the_ctc_stage_comes_first_and_pre_alignment_starts_from_it(tmp_path):
     work, data = tmp_path / "w", tmp_path / "d"
-    paths = write_recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl", ctc=data / "ctc.jsonl")
+    paths = _recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl", ctc=data / "ctc.jsonl")
     ctc, pre = load_recipe(paths[CTC_STAGE]), load_recipe(paths["pre_alignment"])
     assert ctc.stage == "ctc" and ctc.data.train == [str(data / "ctc.jsonl")]
     assert ctc.model.path == str(work / "init") and ctc.train.trainable == CTC_TRAINABLE
@@ -71,11 +78,11 @@ def test_the_ctc_stage_comes_first_and_pre_alignment_starts_from_it(tmp_path):
     assert pre.data.speed_perturb is None and pre.data.gain_db == 0.0
     assert pre.model.path == str(work / "runs" / CTC_STAGE / "final")
     with pytest.raises(ValueError, match="needs the CTC data"):
-        write_recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl")
+        _recipes(work, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl")
 
 
 def test_a_linear_adapter_build_has_no_ctc_stage(tmp_path):
-    paths = write_recipes(tmp_path, BuildConfig(speech_adapter="linear"), tmp_path / "s", tmp_path / "d")
+    paths = _recipes(tmp_path, BuildConfig(speech_adapter="linear"), tmp_path / "s", tmp_path / "d")
     assert CTC_STAGE not in paths
     assert load_recipe(paths["pre_alignment"]).model.path == str(tmp_path / "init")
 
@@ -96,7 +103,7 @@ def test_a_work_dir_made_with_another_adapter_is_refused(tmp_path):
 
 def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embedding(tmp_path):
     data = tmp_path / "d"
-    paths = write_recipes(tmp_path, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl",
+    paths = _recipes(tmp_path, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl",
                           ctc=[data / "ctc.jsonl", data / "ctc_vocab.jsonl"])
     assert load_recipe(paths[CTC_STAGE]).data.train == [str(data / "ctc.jsonl"), str(data / "ctc_vocab.jsonl")]
     pre = load_recipe(paths["pre_alignment"])
@@ -106,10 +113,21 @@ def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embeddin
     assert not any("speech_vocab_adapter.blank_embed".startswith(p) for p in FROZEN_AFTER_CTC)
     assert any("speech_vocab_adapter.blank_query".startswith(p) for p in FROZEN_AFTER_CTC)
     # opting out restores session 6's recipes: the encoder keeps training at a tenth of the lr
-    off = write_recipes(tmp_path / "off", BuildConfig(freeze_speech_in=False), data / "s", data / "p",
+    off = _recipes(tmp_path / "off", BuildConfig(freeze_speech_in=False), data / "s", data / "p",
                         ctc=data / "ctc.jsonl")
     stage1 = load_recipe(off["core_cocktail_stage1"])
     assert stage1.train.freeze == [] and stage1.optim.lr_scale[ENCODER_PREFIX] == 0.1
     # a linear-adapter build has no CTC stage, so nothing is frozen for it
-    lin = write_recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear"), data / "s", data / "p")
+    lin = _recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear"), data / "s", data / "p")
     assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == []
+
+
+def test_the_stages_after_ctc_train_the_added_token_rows(tmp_path):
+    data = tmp_path / "d"
+    paths = _recipes(tmp_path / "on", BuildConfig(), data / "s", data / "p", ctc=data / "c")
+    assert load_recipe(paths[CTC_STAGE]).train.new_token_rows is None  # the CTC stage never runs the backbone
+    assert [load_recipe(paths[n]).train.new_token_rows for n in STAGES] == [VOCAB] * len(STAGES)
+    off = _recipes(tmp_path / "off", BuildConfig(train_new_tokens=False), data / "s", data / "p", ctc=data / "c")
+    assert [load_recipe(off[n]).train.new_token_rows for n in STAGES] == [None] * len(STAGES)
+    with pytest.raises(ValueError, match="train_new_tokens needs the backbone's original vocabulary size"):
+        write_recipes(tmp_path / "x", BuildConfig(), data / "s", data / "p", ctc=data / "c")
