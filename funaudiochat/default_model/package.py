@@ -64,7 +64,9 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
     speech: dict[str, torch.Tensor] = {}
     delta: dict[str, torch.Tensor] = {}
     worst = 0.0
-    for name, param in model.state_dict().items():
+    state = model.state_dict()
+    embed_ptr = state[EMBED_KEY].data_ptr() if EMBED_KEY in state else None
+    for name, param in state.items():
         if name.startswith(SPEECH_PREFIXES):
             speech[name] = param.detach().to(torch.float16).contiguous()
             continue
@@ -77,6 +79,10 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
             if not torch.equal(w[:original_vocab], w0[:original_vocab]):
                 raise ValueError("the original embedding rows changed; this packaging expects them frozen")
             delta["embed_new_rows"] = w[original_vocab:].to(torch.float16).contiguous()
+            continue
+        if param.data_ptr() == embed_ptr:
+            # A tied output head is the embedding table itself: ``embed_new_rows`` already carries its
+            # change, and a factor of it too would add that change a second time on load.
             continue
         if torch.equal(w, w0):
             continue

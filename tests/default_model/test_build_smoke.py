@@ -141,15 +141,19 @@ def test_smoke_duplex_stage(smoke_build):
     # speech modules in fp16, and a 2-step smoke model's encoder -> 49k-way CTC adapter amplifies that
     # rounding (end to end, text logits moved by 2.5 to 6.6 here; the full build's: 0.054).  So the
     # trained model gets the same rounding of those modules first: what is left is the duplex
-    # extra's own storage and the backbone's factored delta.
+    # extra's own storage and the backbone's factored delta.  The added tokens' embedding rows, which
+    # the stages after CTC train, are stored in fp16 too, so they get the same rounding.
     from funaudiochat.default_model.duplex_build import compare_duplex
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 
     trained = FunAudioChatForConditionalGeneration.from_pretrained(work / "runs" / "duplex" / "final").eval()
+    first_new = manifest["applies_to"]["backbone"]["original_vocab"]
     with torch.no_grad():
         for name, p in trained.named_parameters():
             if not name.startswith("language_model."):
                 p.copy_(p.half().float())
+            elif name == pkg.EMBED_KEY:
+                p[first_new:] = p[first_new:].half().float()
     da, dt = compare_duplex(res.model, trained, smoke_build.tokenizer, work / "duplex" / "data" / "duplex.jsonl")
     assert da < 0.01 and dt < 0.25, (da, dt)
     assert res.max_action_logit_diff < 0.05  # end to end, as the manifest records it

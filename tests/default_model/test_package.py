@@ -10,11 +10,13 @@ from funaudiochat.default_model import package as pkg
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 
 
-def _tiny_pair(rank: int = 3):
+def _tiny_pair(rank: int = 3, tied: bool = False):
     """A base model and a 'trained' copy whose backbone moved by a rank-`rank` change."""
     torch.manual_seed(0)
-    base = FunAudioChatForConditionalGeneration(tiny_config()).eval()
-    trained = FunAudioChatForConditionalGeneration(tiny_config()).eval()
+    cfg = tiny_config()
+    cfg.text_config.tie_word_embeddings = tied
+    base = FunAudioChatForConditionalGeneration(cfg).eval()
+    trained = FunAudioChatForConditionalGeneration(cfg).eval()
     trained.load_state_dict(base.state_dict())
     vocab = base.config.text_config.vocab_size - 5
     with torch.no_grad():
@@ -28,12 +30,16 @@ def _tiny_pair(rank: int = 3):
     return base, trained, base_lm, vocab
 
 
-def test_extract_apply_reconstructs_trained_model():
-    base, trained, base_lm, vocab = _tiny_pair()
+@pytest.mark.parametrize("tied", [False, True])
+def test_extract_apply_reconstructs_trained_model(tied):
+    base, trained, base_lm, vocab = _tiny_pair(tied=tied)
+    assert (trained.language_model.get_output_embeddings().weight is
+            trained.language_model.get_input_embeddings().weight) == tied
     files = pkg.extract_package(trained, base_lm, vocab, rank=3)
     delta = files[pkg.DELTA_FILE]
     assert all(t.dtype == torch.float16 for f in files.values() for t in f.values())
     assert not any(k.endswith(".full") for k in delta)  # only the low-rank factors and the new rows
+    assert not any("lm_head" in k for k in delta)  # a tied head travels as the embedding's new rows
     assert delta["embed_new_rows"].shape[0] == 5
     rebuilt = pkg.apply_package(base, files, vocab)
     for name, p in rebuilt.state_dict().items():
