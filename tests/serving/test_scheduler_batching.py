@@ -1,7 +1,9 @@
 """The scheduler batching concurrent replies into one turn, driven round by round.
 
-The model is the tiny one over-fitted in ``tests/generation`` (greedy replies of known, different
-lengths) with the tone detokenizer, so every reply streams text, speech tokens and audio.
+The model is a tiny one over-fitted on the three messages below, so that each has a known greedy
+reply of its own length, with the tone detokenizer, so every reply streams text, speech tokens and
+audio.  (Replies to inputs a model was not trained on depend on the machine's float kernels: an
+AVX2 machine answers "hello" differently from an AVX-512 one.)
 """
 
 from __future__ import annotations
@@ -10,24 +12,49 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
+from funaudiochat.config import tiny_config
 from funaudiochat.generation import AudioChunk, Engine, EndOfTurn, SamplingConfig, SpeechTokens, TextDelta, TurnOptions
-from funaudiochat.processing import Message
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.processing import FunAudioChatProcessor, Message
 from funaudiochat.serving.scheduler import Job, JobFailed, Scheduler
-from tests.generation.conftest import SYSTEM, trained_engine, user_audio  # noqa: F401 - trained_engine is a fixture
+from funaudiochat.testing import word_tokenizer
+from tests.generation.conftest import SPEECH, SYSTEM, user_audio
 
 from .conftest import ToneDetokenizer
 
 OPTS = TurnOptions(mode="s2s", max_seconds=5, speech_sampling=SamplingConfig())
-# greedy replies: 11, 5 and 12 steps (the second one is the short one)
 MESSAGES = [Message("user", audio=user_audio()), Message("user", "hello"), Message("user", audio=user_audio(3, 0.5))]
+# what the model is over-fitted to answer to each message: the second reply is the short one
+REPLIES = [("paris is the capital", SPEECH), ("hi", list(range(140, 152))),
+           ("the capital of france is paris", list(range(160, 208)))]
 SHORT = 1
+STEPS = [11, 7, 14]  # rounds of each greedy reply alone
 FOLLOW_UP = Message("user", "what is two plus two ?")
 
 
 @pytest.fixture(scope="module")
-def trained(trained_engine) -> Engine:  # noqa: F811
-    return Engine(trained_engine.model, trained_engine.processor, detokenizer=ToneDetokenizer())
+def trained() -> Engine:
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    proc = FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg)
+    model = FunAudioChatForConditionalGeneration(cfg)
+    convs = [[Message("system", SYSTEM), m, Message("assistant", text, speech_tokens=speech)]
+             for m, (text, speech) in zip(MESSAGES, REPLIES)]
+    batch = proc.collate([proc.encode(c) for c in convs])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the summation order must not depend on the machine's thread count
+    try:
+        for _ in range(200):
+            loss = model(**batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return Engine(model.eval(), proc, detokenizer=ToneDetokenizer())
 
 
 class Driver:
@@ -136,7 +163,9 @@ def solo(trained) -> dict:
 
 
 def test_sessions_submitted_together_share_one_turn_and_equal_each_alone(drive, solo):
-    assert solo["steps"] == [11, 5, 12] and all(r[1] for r in solo["results"])  # every reply speaks
+    assert [r[0] for r in solo["results"]] == [text for text, _ in REPLIES]
+    assert [r[1] for r in solo["results"]] == [speech for _, speech in REPLIES]  # every reply speaks
+    assert solo["steps"] == STEPS
     d = drive()
     jobs = [d.submit(m) for m in MESSAGES]
     d.run()
@@ -154,7 +183,7 @@ def test_a_short_reply_ends_first_and_its_conversation_goes_on_at_once(drive, so
     short = jobs[SHORT]
     while short.id not in d.ended_at:
         d.round()
-    assert d.ended_at[short.id] == solo["steps"][SHORT] == 5
+    assert d.ended_at[short.id] == solo["steps"][SHORT] == STEPS[SHORT]
     assert not jobs[0].finished and not jobs[2].finished and short.turn.batch_size == 2
     assert outcome(d.got[short.id]) == solo["results"][SHORT]
     assert not short.conv.lock.locked()
