@@ -122,12 +122,14 @@ def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embeddin
     assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == []
 
 
-def test_the_stages_after_ctc_train_the_added_token_rows(tmp_path):
+def test_train_new_tokens_makes_the_stages_after_ctc_train_the_added_token_rows(tmp_path):
     data = tmp_path / "d"
-    paths = _recipes(tmp_path / "on", BuildConfig(), data / "s", data / "p", ctc=data / "c")
+    on = BuildConfig(train_new_tokens=True)
+    paths = _recipes(tmp_path / "on", on, data / "s", data / "p", ctc=data / "c")
     assert load_recipe(paths[CTC_STAGE]).train.new_token_rows is None  # the CTC stage never runs the backbone
     assert [load_recipe(paths[n]).train.new_token_rows for n in STAGES] == [VOCAB] * len(STAGES)
-    off = _recipes(tmp_path / "off", BuildConfig(train_new_tokens=False), data / "s", data / "p", ctc=data / "c")
+    # the default is the shipped model's recipe: the rows keep their initial values
+    off = _recipes(tmp_path / "off", BuildConfig(), data / "s", data / "p", ctc=data / "c")
     assert [load_recipe(off[n]).train.new_token_rows for n in STAGES] == [None] * len(STAGES)
     with pytest.raises(ValueError, match="train_new_tokens needs the backbone's original vocabulary size"):
-        write_recipes(tmp_path / "x", BuildConfig(), data / "s", data / "p", ctc=data / "c")
+        write_recipes(tmp_path / "x", on, data / "s", data / "p", ctc=data / "c")
