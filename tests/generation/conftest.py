@@ -26,21 +26,27 @@ def trained_engine() -> Engine:
     spoken = [Message("system", SYSTEM), Message("user", audio=user_audio()),
               Message("assistant", "paris is the capital", speech_tokens=SPEECH)]
     written = [Message("system", SYSTEM), Message("user", "what is two plus two ?"), Message("assistant", "four")]
-    batch = proc.collate([proc.encode(spoken), proc.encode(written)])
+    overfit(model, proc.collate([proc.encode(spoken), proc.encode(written)]), 150)
+    return Engine(model, proc)
+
+
+def overfit(model: FunAudioChatForConditionalGeneration, batch: dict, steps: int) -> None:
+    """Adam at 3e-3 on one batch, on one thread.
+
+    One thread: the float summation order, and so the replies to inputs the model was not trained on
+    (which some tests count steps of), must not depend on the machine's thread count.
+    """
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    # One thread: the float summation order, and so the replies to inputs it was not trained on
-    # (which some tests count steps of), must not depend on the machine's thread count.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in range(150):
+        for _ in range(steps):
             loss = model(**batch).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    return Engine(model, proc)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 from funaudiochat.processing import FunAudioChatProcessor, Message
 from funaudiochat.serving.scheduler import Job, JobFailed, Scheduler
 from funaudiochat.testing import word_tokenizer
-from tests.generation.conftest import SPEECH, SYSTEM, user_audio
+from tests.generation.conftest import SPEECH, SYSTEM, overfit, user_audio
 
 from .conftest import ToneDetokenizer
 
@@ -42,18 +42,7 @@ def trained() -> Engine:
     model = FunAudioChatForConditionalGeneration(cfg)
     convs = [[Message("system", SYSTEM), m, Message("assistant", text, speech_tokens=speech)]
              for m, (text, speech) in zip(MESSAGES, REPLIES)]
-    batch = proc.collate([proc.encode(c) for c in convs])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the summation order must not depend on the machine's thread count
-    try:
-        for _ in range(200):
-            loss = model(**batch).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    overfit(model, proc.collate([proc.encode(c) for c in convs]), 200)
     return Engine(model.eval(), proc, detokenizer=ToneDetokenizer())
 
 
