@@ -141,8 +141,8 @@ def test_smoke_duplex_stage(smoke_build):
     # speech modules in fp16, and a 2-step smoke model's encoder -> 49k-way CTC adapter amplifies that
     # rounding (end to end, text logits moved by 2.5 to 6.6 here; the full build's: 0.054).  So the
     # trained model gets the same rounding of those modules first: what is left is the duplex
-    # extra's own storage and the backbone's factored delta.  The added tokens' embedding rows, which
-    # the stages after CTC train, are stored in fp16 too, so they get the same rounding.
+    # extra's own storage and the backbone's factored delta.  The added tokens' embedding rows (trained
+    # with --train-new-tokens) are stored in fp16 too, so they get the same rounding.
     from funaudiochat.default_model.duplex_build import compare_duplex
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 
