@@ -369,7 +369,9 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     manifest = verify_manifest(root, duplex=duplex)
     original_vocab = int(manifest["applies_to"]["backbone"]["original_vocab"])
     adapter = manifest["applies_to"].get("speech_adapter", "linear")
-    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False, speech_adapter=adapter)
+    # Every random part of the skeleton, the added tokens' rows included, is overwritten below.
+    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False, speech_adapter=adapter,
+                                               init_new_rows=False)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")

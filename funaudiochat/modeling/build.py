@@ -60,6 +60,7 @@ def assemble_from_parts(
     backbone_kwargs: dict | None = None,
     audio_overrides: dict | None = None,
     continuous_adapter: str = "linear",
+    mean_resizing: bool = True,
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
@@ -69,6 +70,8 @@ def assemble_from_parts(
     now knows the audio tokens.  ``audio_overrides`` sets other audio-config fields, e.g. a speech
     codebook that matches the speech tokenizer in use.  ``continuous_adapter="vocab_ctc"`` gives the
     model a CTC adapter over the token ids below the first audio token (the backbone's own vocabulary).
+    ``mean_resizing=False`` skips transformers' fitting of the new embedding rows to the old ones'
+    statistics, for callers that overwrite those rows anyway (a covariance of the whole table).
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     if not isinstance(backbone, PreTrainedModel):
@@ -81,7 +84,7 @@ def assemble_from_parts(
     ids = ensure_special_tokens(tokenizer)
     vocab = backbone.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
-        backbone.resize_token_embeddings(len(tokenizer))
+        backbone.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
     text_config = backbone.config
     # Wrapping the backbone's config in the composite config resets its attention implementation.
     attn_implementation = text_config._attn_implementation or "sdpa"
