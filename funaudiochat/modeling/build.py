@@ -116,6 +116,9 @@ def assemble_from_parts(
         **config_overrides,
     )
     model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    # Our encoder always uses SDPA; saying so up front spares transformers' warning that it cannot
+    # check a sub-config without a sub-model.
+    config.audio_config._attn_implementation = attn_implementation
     model.set_attn_implementation(attn_implementation)
     if enc.state_dict is not None:
         result = model.continuous_audio_tower.load_state_dict(enc.state_dict, strict=False)

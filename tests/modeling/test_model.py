@@ -126,6 +126,8 @@ def test_config_rejects_width_mismatch():
 
 def test_assemble_from_pretrained_backbone_and_encoder(tmp_path):
     from transformers import AutoModelForCausalLM as LM
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as transformers_logging
 
     save_tiny_backbone(tmp_path / "llm")
     torch.manual_seed(1)
@@ -133,7 +135,9 @@ def test_assemble_from_pretrained_backbone_and_encoder(tmp_path):
     enc_state = {k: v for k, v in whisper_like.state_dict().items() if not k.startswith(("proj.", "audio_bos_eos"))}
     spec = EncoderSpec(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
                        state_dict=enc_state)
-    model, tok = assemble_from_parts(tmp_path / "llm", encoder=spec, srh_config=tiny_config().audio_config.crq_transformer_config)
+    with CaptureLogger(transformers_logging.get_logger("transformers.modeling_utils")) as log:
+        model, tok = assemble_from_parts(tmp_path / "llm", encoder=spec, srh_config=tiny_config().audio_config.crq_transformer_config)
+    assert "without finding the associated sub-model" not in log.out  # no warning users cannot act on
     # the tokenizer learned the audio tokens and the config knows their ids
     assert tok.convert_tokens_to_ids("<|AUDIO|>") == model.config.audio_token_index
     assert tok.convert_tokens_to_ids("<|sil|>") == model.config.sil_id
