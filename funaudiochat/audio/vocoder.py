@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,9 @@ class HifiGanVocoder(Vocoder):
         if (h.sampling_rate, h.num_mels, h.hop_size, h.n_fft) != (MEL.sample_rate, MEL.n_mels, MEL.hop, MEL.n_fft):
             raise ValueError(f"{config}: unexpected HiFi-GAN settings {h.sampling_rate} Hz / {h.num_mels} mels / "
                              f"hop {h.hop_size}")
-        gen = module.Generator(h)
+        with warnings.catch_warnings():  # its weight_norm use is deprecated in torch; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
+            gen = module.Generator(h)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if "generator" not in state:
             raise KeyError(f"{weights}: no 'generator' entry (keys: {sorted(state)})")
