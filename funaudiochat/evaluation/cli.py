@@ -58,7 +58,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
         model=args.model, sets=_csv(args.sets), out=Path(args.out), modes=_csv(args.modes),
         data_root=Path(args.data_root) if args.data_root else None, split=args.split,
         audio_root=Path(args.audio_root) if args.audio_root else None, limit=args.limit,
-        batch_size=args.batch_size, max_seconds=args.max_seconds, tts=_csv(args.tts), asr=args.asr,
+        batch_size=args.batch_size, max_seconds=args.max_seconds, repetition_penalty=args.repetition_penalty,
+        tts=_csv(args.tts), asr=args.asr,
         tts_cache=Path(args.tts_cache) if args.tts_cache else None, tts_max_wer=args.tts_max_wer, judge=args.judge,
         detokenizer=args.detokenizer, detokenizer_path=args.detokenizer_path, dtype=args.dtype,
         device=args.device, seed=args.seed, run_name=args.name, save_audio=args.save_audio,
@@ -114,6 +115,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-root", default=None, help="extra folder in which to look for records' audio_file")
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="longest reply; one step (= one text token) is 0.2 s (default 60 = 300 steps)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="text repetition penalty of the greedy decoding (default 1.0 = off, as in chat)")
     p.add_argument("--tts", default="piper,espeak",
                    help="offline TTS engines for sets without audio, comma list from piper, espeak; an utterance that "
                    "fails the ASR-WER check is retried with another voice (default piper,espeak)")

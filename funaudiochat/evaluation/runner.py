@@ -120,6 +120,8 @@ class EvalConfig:
     limit: int | None = None
     batch_size: int = 8
     max_seconds: float = 60.0
+    #: Text repetition penalty of greedy decoding (1.0 = off, the default of ``chat``).
+    repetition_penalty: float = 1.0
     tts: tuple[str, ...] = ("piper", "espeak")
     asr: str = "base"
     tts_cache: Path | None = None
@@ -143,6 +145,8 @@ class EvalConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_seconds <= 0:
             raise ValueError(f"--max-seconds must be positive, got {self.max_seconds}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
         from funaudiochat.speech.tts import ENGINE_NAMES
 
         bad = [t for t in self.tts if t not in ENGINE_NAMES]
@@ -157,7 +161,9 @@ class EvalConfig:
         """
         return {"model": str(Path(self.model).resolve()), "max_seconds": self.max_seconds, "tts": list(self.tts), "tts_max_wer": self.tts_max_wer,
                 "asr": self.asr, "detokenizer": self.detokenizer if "s2s" in self.modes else None,
-                "dtype": self.dtype, "seed": self.seed}
+                "dtype": self.dtype, "seed": self.seed} | (
+                    # only when on, so runs made before the option existed still resume
+                    {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {})
 
 
 @dataclass
@@ -423,10 +429,11 @@ class EvalRunner:
 
     # ------------------------------------------------------------------ generation and scoring
     def _evaluate_batch(self, eset: EvalSet, batch: Sequence[_Work], mode: str) -> list[ScoredItem]:
-        from funaudiochat.generation import TurnOptions
+        from funaudiochat.generation import SamplingConfig, TurnOptions
 
         engine = self.engine
-        options = TurnOptions(mode="s2s" if mode == "s2s" else "s2t", max_seconds=self.config.max_seconds)
+        options = TurnOptions(mode="s2s" if mode == "s2s" else "s2t", max_seconds=self.config.max_seconds,
+                              text_sampling=SamplingConfig(repetition_penalty=self.config.repetition_penalty))
         convs = [engine.conversation(system_prompt=w.prompt.system, seed=self.config.seed) for w in batch]
         t = time.perf_counter()
         ends = engine.respond_batch(convs, [self._message(w, mode) for w in batch], options)
@@ -491,7 +498,7 @@ class EvalRunner:
         meta: dict[str, Any] = {
             "model": str(c.model), "modes": ",".join(c.modes), "sets": ",".join(s.name for s in self.sets),
             "split": c.split, "data_root": str(self.root), "limit": c.limit, "excluded_ids": len(c.exclude_ids), "batch_size": c.batch_size,
-            "max_seconds": c.max_seconds, "tts": ",".join(c.tts), "tts_max_wer": c.tts_max_wer, "asr": c.asr, "judge": c.judge or "none",
+            "max_seconds": c.max_seconds, "repetition_penalty": c.repetition_penalty, "tts": ",".join(c.tts), "tts_max_wer": c.tts_max_wer, "asr": c.asr, "judge": c.judge or "none",
             "dtype": c.dtype, "device": c.device, "seed": c.seed,
             "generated_this_call": self.stats.generated,
             "generation_seconds_this_call": round(self.stats.gen_seconds, 2),

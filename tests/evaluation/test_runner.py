@@ -55,6 +55,7 @@ class CountingEngine:
 
     def respond_batch(self, convs, messages, options):
         self.answered += len(convs)
+        self.options = options
         return self.inner.respond_batch(convs, messages, options)
 
 
@@ -195,6 +196,22 @@ def test_resume_skips_done_items_and_redoes_an_interrupted_one(model_dir, engine
 
     with pytest.raises(ValueError, match=r"other settings \(max_seconds: 0.6 -> 1.0\)"):
         EvalRunner(_config(model_dir, data_root, out, modes=("text",), max_seconds=1.0), engine=counting).run()
+
+
+def test_text_repetition_penalty_reaches_decoding_and_guards_resume(model_dir, engine, data_root, tmp_path):
+    out = tmp_path / "run"
+    counting = CountingEngine(engine)
+    plain = EvalRunner(_config(model_dir, data_root, tmp_path / "plain", modes=("text",), limit=2), engine=counting).run()
+    assert counting.options.text_sampling.repetition_penalty == 1.0
+    penalised = EvalRunner(_config(model_dir, data_root, out, modes=("text",), limit=2, repetition_penalty=1.5),
+                           engine=counting).run()
+    assert counting.options.text_sampling.repetition_penalty == 1.5 and counting.options.text_sampling.greedy
+    assert load_run_json(out / "run.json").meta["repetition_penalty"] == 1.5
+    assert len(penalised.items) == len(plain.items) == 4
+    with pytest.raises(ValueError, match=r"other settings \(repetition_penalty: 1.5 -> None\)"):
+        EvalRunner(_config(model_dir, data_root, out, modes=("text",), limit=2), engine=counting).run()
+    with pytest.raises(ValueError, match="--repetition-penalty must be > 0, got 0"):
+        _config(model_dir, data_root, out, repetition_penalty=0)
 
 
 def _cli(argv: list[str]):
