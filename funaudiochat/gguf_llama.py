@@ -216,7 +216,7 @@ def llama_config(gguf_file: GGUFFile):
 
 
 def llama_state_dict(gguf_file: GGUFFile, config) -> dict[str, Any]:
-    """fp32 transformers weights, with the rotary interleave of q/k undone (tied head left out)."""
+    """fp32 transformers weights, with the rotary interleave of q/k undone (a tied head has no tensor)."""
     import torch
     from tqdm.auto import tqdm
 
