@@ -5,7 +5,10 @@
 MODEL is ``default`` (the shipped funaudiochat-tiny) or a ``save_pretrained`` folder.  DATA is the CTC
 format (``audio``, ``text``) or a benchmark set (``audio_file`` with ``question`` or ``reference``,
 e.g. ../shared/benchdata/llama_questions/dev.jsonl).  Prints the corpus WER (normalised text, as
-``funaudiochat eval`` scores ASR) as JSON on stdout; per-item transcripts go to ``--out``.
+``funaudiochat eval`` scores ASR) as JSON on stdout, with the share of the reference's content words
+and function words (``FUNCTION_WORDS``) that the transcript holds anywhere: WER is dominated by the
+short function words, while an answer depends on the content words ("France", "planet").  Per-item
+transcripts go to ``--out``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,25 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger("ctc_transcribe")
+
+#: Words that carry no topic in a quiz question; everything else counts as a content word.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to is are was were what which who whom whose where when why how do does did by "
+    "for with and or from as that this it its be been has have had our your their his her most first".split())
+
+
+def word_recall(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Share of reference words (normalised) found anywhere in the transcript, content vs function words."""
+    from funaudiochat.evaluation.normalize import normalize_text
+
+    found = {"content": [0, 0], "function": [0, 0]}
+    for ref, hyp in zip(references, hypotheses):
+        heard = set(normalize_text(hyp).split())
+        for word in normalize_text(ref).split():
+            kind = found["function" if word in FUNCTION_WORDS else "content"]
+            kind[0] += word in heard
+            kind[1] += 1
+    return {f"{k}_word_recall": round(hit / total, 4) if total else 0.0 for k, (hit, total) in found.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             for r, ref, hyp in zip(rows, refs, hyps):
                 f.write(json.dumps({"id": r.get("id"), "reference": ref, "ctc": hyp}, ensure_ascii=False) + "\n")
     print(json.dumps({"model": args.model, "data": str(args.data), "n": len(rows),
-                      "wer": round(corpus_wer(refs, hyps).rate, 4)}))
+                      "wer": round(corpus_wer(refs, hyps).rate, 4), **word_recall(refs, hyps)}))
     return 0
 
 
