@@ -2,6 +2,8 @@
 
     python scripts/ctc_refine_shipped.py WORK [--vocab-sentences 3000] [--steps 200] [--lr 3e-4]
     funaudiochat train WORK/ctc_refine.yaml --resume
+    funaudiochat train WORK/reread_refined.yaml --resume    # optional: with --reread-questions N
+    funaudiochat train WORK/reread_shipped.yaml --resume    # the control
 
 The question it answers: the later stages of the session-6 build blurred its CTC readout (42.9 % ->
 50.7 % WER on real speech), so does restoring the readout after DPO make the model answer spoken
@@ -12,7 +14,12 @@ questions better?  It writes, under WORK:
 * ``data/ctc_vocab.jsonl``: vocabulary sentences chosen against the question texts;
 * ``shipped/``: the shipped package written out as a model folder;
 * ``ctc_refine.yaml``: the build's CTC stage recipe (same trainable modules, augmentation and
-  Whisper lr scale) starting from ``shipped/``.
+  Whisper lr scale) starting from ``shipped/``;
+* with ``--reread-questions N``: the backbone's answers to the first N questions (``answers.jsonl``,
+  as the build's answers stage makes them), ``data/reread.jsonl`` (text replies to the clean and the
+  noisy recording, and the transcription of the clean one; no speech out) and two LoRA recipes that
+  train the backbone on it with the speech-in path frozen: ``reread_refined.yaml`` (after the CTC
+  refinement) and ``reread_shipped.yaml`` (the control, from the shipped model).
 
 Nothing here is part of the build; docs/default-model.md has the result ("CTC refinement").
 """
@@ -24,6 +31,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+import torch
 
 DEFAULT_BENCHDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchdata"
 
@@ -57,6 +66,39 @@ def speak_questions(bench: Path, work: Path) -> Path:
     return path
 
 
+def reread_data(work: Path, n: int) -> Path:
+    """SFT records that make the backbone read the speech path's output again (text out only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from funaudiochat.default_model.answers import generate_answers
+    from funaudiochat.default_model.questions import read_questions
+    from funaudiochat.default_model.speech_data import ASR_TASK, TEXT_REPLY_TASK, safe_name
+    from funaudiochat.pretrained import smollm2_backbone_dir
+    from funaudiochat.prompts import SPEECH_TO_TEXT, TRANSCRIBE_INSTRUCTION
+    from funaudiochat.training.data import validate_jsonl
+
+    questions = read_questions(work / "questions.jsonl")[:n]
+    bdir = smollm2_backbone_dir()
+    lm = AutoModelForCausalLM.from_pretrained(bdir, dtype=torch.float32)
+    answers = generate_answers(lm, AutoTokenizer.from_pretrained(bdir), questions, work / "answers.jsonl", 32, 40)
+    rows = []
+    for q in questions:
+        name = safe_name(q.id)
+        rows += [{"id": f"{q.id}:{kind}:text", "task": TEXT_REPLY_TASK, "messages": [
+            {"role": "system", "content": SPEECH_TO_TEXT}, {"role": "user", "audio": f"wav/{name}_{kind}.wav"},
+            {"role": "assistant", "content": answers[q.id]}]} for kind in ("q", "q_noisy")]
+        rows.append({"id": f"{q.id}:asr", "task": ASR_TASK, "messages": [
+            {"role": "system", "content": SPEECH_TO_TEXT},
+            {"role": "user", "content": TRANSCRIBE_INSTRUCTION, "audio": f"wav/{name}_q.wav"},
+            {"role": "assistant", "content": q.text}]})
+    path = work / "data" / "reread.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    _, errors = validate_jsonl(path, mode="sft")
+    if errors:
+        raise SystemExit(f"error: {path} is invalid: {errors[:3]}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="work folder (recordings are cached there)")
@@ -64,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-sentences", type=int, default=3000)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=3e-4, help="peak lr (cosine to a tenth; Whisper layers 0.1x)")
+    p.add_argument("--reread-questions", type=int, default=0,
+                   help="also write the re-reading data for the first N questions and its recipes (0: none)")
+    p.add_argument("--reread-steps", type=int, default=100, help="steps x 8 of each re-reading recipe")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if not args.benchdata.is_dir():
@@ -71,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from funaudiochat.default_model.build import (CTC_GAIN_DB, CTC_SPEED_RANGE, CTC_TRAINABLE, SLOW_ENCODER,
-                                                  StageSpec, _recipe)
+    from funaudiochat.default_model.build import (CTC_GAIN_DB, CTC_SPEED_RANGE, CTC_TRAINABLE,
+                                                  FROZEN_AFTER_CTC, SLOW_ENCODER, StageSpec, _recipe)
     from funaudiochat.default_model.package import load_default_model
     from funaudiochat.default_model.questions import read_questions
     from funaudiochat.default_model.vocab_sentences import build_vocab_speech
@@ -94,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.work / "ctc_refine.yaml"
     out.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     print(out)
+    if args.reread_questions > 0:
+        reread = reread_data(args.work, args.reread_questions)
+        for name, model in (("reread_refined", args.work / "runs" / "ctc_refine" / "final"), ("reread_shipped", start)):
+            recipe = _recipe(name, StageSpec(args.reread_steps, 1e-4, 1e-5, lora_r=8),
+                             {"path": str(model), "dtype": "float32"}, reread, args.work / "runs" / name,
+                             seed=21, dpo=False, frozen=list(FROZEN_AFTER_CTC))
+            out = args.work / f"{name}.yaml"
+            out.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+            print(out)
     return 0
 
 

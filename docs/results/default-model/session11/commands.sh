@@ -3,7 +3,9 @@
 # docs/default-model.md, "Speech in without a rebuild". Run from the repository root, 2 threads.
 # The runs used /tmp/exp/work as WORK and a recipe named ctc_refine_200_0.0003; the script below
 # rewrote the same data (ctc.jsonl and ctc_vocab.jsonl byte-identical, checked with cmp) and the
-# same recipe (only name and output dir differ).
+# same recipe (only name and output dir differ); the re-reading data (data/reread.jsonl) is
+# byte-identical too. The answers stage of the re-reading (640 questions) was run from a scratch copy
+# of reread_data() before it moved into the script.
 set -euo pipefail
 export OMP_NUM_THREADS=2 FUNAUDIOCHAT_BENCHDATA=../shared/benchdata
 work=${1:-build/s11}; out=${2:-build/s11-results}
@@ -13,8 +15,11 @@ lq=../shared/benchdata/llama_questions/dev.jsonl
 python scripts/ctc_read_sharpness.py default "$out/sharp" --temperatures 1,0.5,0
 
 # 2. CTC refinement of the shipped speech path (579 s of data, 16 min 58 s of training).
-python scripts/ctc_refine_shipped.py "$work" --vocab-sentences 3000 --steps 200 --lr 3e-4
+python scripts/ctc_refine_shipped.py "$work" --vocab-sentences 3000 --steps 200 --lr 3e-4 --reread-questions 640
 funaudiochat train "$work/ctc_refine.yaml" --resume
+# 2b. Re-reading: LoRA on text replies + transcriptions, speech-in path frozen (and the control).
+funaudiochat train "$work/reread_refined.yaml" --resume
+funaudiochat train "$work/reread_shipped.yaml" --resume
 
 # 3. The weight average of the shipped and the refined model (alpha 0.5; every tensor of the folder).
 python - "$work" <<'PY'
@@ -29,10 +34,16 @@ for f in b.glob("*.safetensors"):
               mix / f.name, metadata={"format": "pt"})
 PY
 
-# 4. Measurements (ctc_llama_questions.jsonl, s2t_*.md, probe.jsonl).
+# 4. Measurements (ctc_llama_questions.jsonl, s2t_*.md, eval_reread_*.md, probe.jsonl).
 for m in default "$work/runs/ctc_refine/final" "$work/mix05"; do
   python scripts/ctc_transcribe.py "$m" "$lq"
   funaudiochat eval --model "$m" --sets llama_questions --modes s2t --max-seconds 8 --limit 100 \
     --batch-size 16 --no-progress --out "$out/s2t_$(basename "$m")"
 done
-for m in default "$work/runs/ctc_refine/final"; do python scripts/probe_speech_reading.py "$m" --n 24; done
+for m in "$work/runs/reread_refined/final" "$work/runs/reread_shipped/final"; do
+  funaudiochat eval --model "$m" --sets llama_questions --modes text,s2t --max-seconds 8 --limit 100 \
+    --batch-size 16 --no-progress --out "$out/eval_$(basename "$(dirname "$m")")"
+done
+for m in default "$work/runs/ctc_refine/final" "$work/runs/reread_refined/final" "$work/runs/reread_shipped/final"; do
+  python scripts/probe_speech_reading.py "$m" --n 24
+done
