@@ -21,7 +21,7 @@ questions better?  It writes, under WORK:
   train the backbone on it with the speech-in path frozen: ``reread_refined.yaml`` (after the CTC
   refinement) and ``reread_shipped.yaml`` (the control, from the shipped model).
 
-Nothing here is part of the build; docs/default-model.md has the result ("CTC refinement").
+Nothing here is part of the build; docs/default-model.md has the result ("Speech in without a rebuild").
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ DEFAULT_BENCHDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "ben
 def speak_questions(bench: Path, work: Path) -> Path:
     """Clean and noisy recordings of every training question, as ``build_speech_data`` makes them."""
     from funaudiochat.default_model.questions import training_questions, write_questions
-    from funaudiochat.default_model.speech_data import TTSEngines, question_voice, safe_name, speak_cached, stable_hash
-    from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
+    from funaudiochat.default_model.speech_data import (TTSEngines, question_voice, safe_name, speak_cached,
+                                                        write_noisy_copy)
     from funaudiochat.training.ctc import load_ctc_records
 
     questions = training_questions(bench)
@@ -53,10 +53,7 @@ def speak_questions(bench: Path, work: Path) -> Path:
         name = safe_name(q.id)
         engine, voice, speed = question_voice(q.id)
         clean = speak_cached(engines, wav / f"{name}_q.wav", q.text, engine, voice, speed)
-        noisy = wav / f"{name}_q_noisy.wav"
-        if not noisy.is_file():  # the build's SNR rule (5-15 dB from the id)
-            snr = 5.0 + 10.0 * (stable_hash("snr", q.id) % 1000) / 999
-            write_wav_atomic(noisy, add_noise_at_snr(clean, snr, seed=stable_hash("noise", q.id) % 2**32), 16000)
+        write_noisy_copy(wav / f"{name}_q_noisy.wav", clean, q.id)
         rows += [{"id": f"{q.id}:q", "audio": f"wav/{name}_q.wav", "text": q.text},
                  {"id": f"{q.id}:q_noisy", "audio": f"wav/{name}_q_noisy.wav", "text": q.text}]
     path = work / "data" / "ctc.jsonl"

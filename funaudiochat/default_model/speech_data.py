@@ -118,6 +118,17 @@ def speak_cached(engines: TTSEngines, path: Path, text: str, engine: str, voice:
 _speak = speak_cached
 
 
+def write_noisy_copy(path: Path, clean, item_id: str, snr_range: tuple[float, float] = (5.0, 15.0)) -> None:
+    """White noise at an SNR and seed fixed by ``item_id``, so every build writes the same file; kept if present."""
+    from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
+
+    if path.is_file():
+        return
+    lo, hi = snr_range
+    snr = lo + (hi - lo) * (_h("snr", item_id) % 1000) / 999
+    write_wav_atomic(path, add_noise_at_snr(clean, snr, seed=_h("noise", item_id) % 2**32), 16000)
+
+
 def _read_tokens(path: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     if path.is_file():
@@ -172,7 +183,6 @@ def build_speech_data(
 
     ``answer_asr`` adds a fourth record per question: the transcription of the answer's recording.
     """
-    from funaudiochat.speech.audio import add_noise_at_snr, write_wav_atomic
     from funaudiochat.training.ctc import load_ctc_records
     from funaudiochat.training.data import validate_jsonl
 
@@ -193,11 +203,7 @@ def build_speech_data(
             name = _safe(q.id)
             engine, voice, speed = question_voice(q.id)
             q_audio = _speak(engines, wav / f"{name}_q.wav", q.text, engine, voice, speed)
-            noisy = wav / f"{name}_q_noisy.wav"
-            if not noisy.is_file():
-                lo, hi = snr_range
-                snr = lo + (hi - lo) * (_h("snr", q.id) % 1000) / 999
-                write_wav_atomic(noisy, add_noise_at_snr(q_audio, snr, seed=_h("noise", q.id) % 2**32), 16000)
+            write_noisy_copy(wav / f"{name}_q_noisy.wav", q_audio, q.id, snr_range)
             if q.id not in tokens:
                 a_audio = _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
                 if speech_tokenizer is None:
