@@ -51,3 +51,27 @@ def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
     assert asr_a["messages"][1]["audio"] == "wav/a_a.wav"
     assert asr_a["messages"][2] == {"role": "assistant", "content": "One."}
     assert (wav / "a_q_noisy.wav").is_file() and out.n_dpo == 2
+
+
+def test_noisy_copy_is_fixed_by_the_id_and_never_rewritten(tmp_path):
+    """Same id, same file (a rerun of the build or the session-11 script reproduces it); another id
+    gives another SNR and noise; an existing file is kept, whatever audio is passed."""
+    import numpy as np
+
+    from funaudiochat.default_model.speech_data import write_noisy_copy
+    from funaudiochat.speech.audio import load_audio
+
+    tone = (0.1 * np.sin(np.arange(16000) / 5.0)).astype(np.float32)
+    a, b, c = tmp_path / "a1.wav", tmp_path / "a2.wav", tmp_path / "b.wav"
+    write_noisy_copy(a, tone, "qa")
+    write_noisy_copy(b, tone, "qa")
+    write_noisy_copy(c, tone, "qb")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    for path in (a, c):
+        noise = load_audio(path).astype(np.float64) - tone
+        snr = 10 * np.log10(np.mean(tone.astype(np.float64) ** 2) / np.mean(noise**2))
+        assert 4.9 < snr < 15.1  # the default range, 5-15 dB (16-bit rounding aside)
+    before = a.read_bytes()
+    write_noisy_copy(a, np.zeros_like(tone), "qa")  # silent input would raise if it were used
+    assert a.read_bytes() == before
