@@ -44,6 +44,11 @@ for m in "$work/runs/reread_refined/final" "$work/runs/reread_shipped/final"; do
   funaudiochat eval --model "$m" --sets llama_questions --modes text,s2t --max-seconds 8 --limit 100 \
     --batch-size 16 --no-progress --out "$out/eval_$(basename "$(dirname "$m")")"
 done
+# all 210 recordings (s2t_all210_*.md): shipped 10, control 13
+for m in default "$work/runs/reread_shipped/final"; do
+  funaudiochat eval --model "$m" --sets llama_questions --modes s2t --max-seconds 8 --batch-size 16 \
+    --no-progress --out "$out/all210_$(basename "$(dirname "$m")")"
+done
 for m in default "$work/runs/ctc_refine/final" "$work/runs/reread_refined/final" "$work/runs/reread_shipped/final"; do
   python scripts/probe_speech_reading.py "$m" --n 24
 done
