@@ -37,8 +37,7 @@ class TemperedVocabAdapter(VocabCTCAdapter):
             post = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
         else:
             post = (logits / self.temperature).softmax(dim=-1)
-        mixed = post[..., :-1] @ table.float() + post[..., -1:] * self.blank_embed.float()
-        return mixed.to(x.dtype)
+        return self.mix(post, table).to(x.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,10 @@ class VocabCTCAdapter(nn.Module):
         scores = torch.cat([x @ table.T.to(x.dtype), (x @ self.blank_query.to(x.dtype))[..., None]], dim=-1)
         return scores * self.logit_scale.to(x.dtype)
 
+    def mix(self, posterior: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """[..., V + 1] weights -> [..., H] fp32 embedding mix (the blank's share reads ``blank_embed``)."""
+        return posterior[..., :-1] @ table.float() + posterior[..., -1:] * self.blank_embed.float()
+
     def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """[..., H] vectors -> [..., H] posterior-weighted embeddings."""
-        post = self.logits(x, table).float().softmax(dim=-1)
-        mixed = post[..., :-1] @ table.float() + post[..., -1:] * self.blank_embed.float()
-        return mixed.to(x.dtype)
+        return self.mix(self.logits(x, table).float().softmax(dim=-1), table).to(x.dtype)
