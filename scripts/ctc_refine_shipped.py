@@ -32,8 +32,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 DEFAULT_BENCHDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchdata"
 
 
@@ -65,19 +63,14 @@ def speak_questions(bench: Path, work: Path) -> Path:
 
 def reread_data(work: Path, n: int) -> Path:
     """SFT records that make the backbone read the speech path's output again (text out only)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from funaudiochat.default_model.answers import generate_answers
+    from funaudiochat.default_model.build import BuildConfig, _answers_stage
     from funaudiochat.default_model.questions import read_questions
     from funaudiochat.default_model.speech_data import ASR_TASK, TEXT_REPLY_TASK, safe_name
-    from funaudiochat.pretrained import smollm2_backbone_dir
     from funaudiochat.prompts import SPEECH_TO_TEXT, TRANSCRIBE_INSTRUCTION
     from funaudiochat.training.data import validate_jsonl
 
     questions = read_questions(work / "questions.jsonl")[:n]
-    bdir = smollm2_backbone_dir()
-    lm = AutoModelForCausalLM.from_pretrained(bdir, dtype=torch.float32)
-    answers = generate_answers(lm, AutoTokenizer.from_pretrained(bdir), questions, work / "answers.jsonl", 32, 40)
+    answers = _answers_stage(work, questions, BuildConfig())  # the build's answers: cached, batch 32, 40 tokens
     rows = []
     for q in questions:
         name = safe_name(q.id)
