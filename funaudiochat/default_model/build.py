@@ -168,7 +168,8 @@ class BuildConfig:
                              lr_scale=dict(SLOW_ENCODER), save_every=max(n // 2, 1), **kw)
 
         cfg = cls(answer_asr=True)
-        cfg.ctc = spec(2000, 1e-3, 1e-4, 64, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE))
+        cfg.ctc = spec(2000, 1e-3, 1e-4, 64, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE),
+                       speed_perturb=list(CTC_SPEED_RANGE), gain_db=CTC_GAIN_DB)
         cfg.stages = {
             "pre_alignment": spec(1600, 3e-4, 3e-5, 32, freeze=["language_model."]),
             "core_cocktail_stage1": spec(1400, 1e-4, 1e-5, 32, lora_r=16),

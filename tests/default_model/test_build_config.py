@@ -35,6 +35,8 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert all(s.mixed_precision == "no" and s.num_workers == 0 for s in cpu.stages.values())
     assert [bool(s.lr_scale) for s in cpu.stages.values()] == [True, True, False, False]  # slow encoder at high lr
     assert gpu.stages["pre_alignment"].freeze == ["language_model."]
+    # the CTC stage hears its few synthetic voices perturbed in both presets
+    assert (gpu.ctc.speed_perturb, gpu.ctc.gain_db) == (cpu.ctc.speed_perturb, cpu.ctc.gain_db) != (None, 0.0)
     # the SRH-only stage is opt-in for full builds; the smoke build runs it so every stage is exercised
     assert cpu.srh is None and gpu.srh is None and BuildConfig.smoke().srh.steps == 2
 
