@@ -44,5 +44,6 @@ funaudiochat eval --model default --sets llama_questions,web_questions,triviaqa 
 funaudiochat eval --model build/s12-pkg-model --sets llama_questions,web_questions,triviaqa --modes text,s2t \
   --name gpu_s12 --out $res/gpu_qa --limit 100 --batch-size 16 "${common[@]}"
 python scripts/ctc_transcribe.py build/s12-pkg-model ../shared/benchdata/llama_questions/dev.jsonl --out $res/ctc_gpu.jsonl
+funaudiochat eval --model build/s12-pkg-model --sets llama_questions --modes s2t --name all210 --out $res/all210_gpu --batch-size 16 --no-progress --max-seconds 8
 funaudiochat eval --model build/s12-pkg-model --sets llama_questions,web_questions,triviaqa --modes s2s \
   --name gpu_s12_s2s --out $res/gpu_qa_s2s --limit 20 --batch-size 8 "${common[@]}"
