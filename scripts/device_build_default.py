@@ -199,6 +199,7 @@ def _opus(src: str, dst: Path, level: float) -> None:
 def make_packs(work: Path, packs: Path, wheels: Path, cap_mib: float) -> None:
     """The packs above from a CPU build's work dir (run here, before the device calls)."""
     from safetensors.torch import load_file, save_file
+    from funaudiochat.default_model.build import DEFAULT_BENCHDATA
     from funaudiochat.default_model.vocab_sentences import POOL_SETS
     from funaudiochat.pretrained import smollm2_backbone_dir, smollm2_gguf
     allp = packs / "all"
@@ -221,7 +222,7 @@ def make_packs(work: Path, packs: Path, wheels: Path, cap_mib: float) -> None:
     (allp / "init_meta" / "backbone.sha256").write_text(lm_hash(lm) + "\n")
     for f in WORK_FILES:
         shutil.copy(work / f, allp / "work" / Path(f).name)
-    bench = Path(__file__).resolve().parents[1].parent / "shared" / "benchdata"
+    bench = Path(DEFAULT_BENCHDATA)
     for name in [n for n, _ in POOL_SETS] + list(EVAL_SETS):  # the vocabulary pool, the text-in eval sets
         (allp / "bench" / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(bench / name / "dev.jsonl", allp / "bench" / name / "dev.jsonl")
