@@ -32,7 +32,7 @@ import logging
 import sys
 from pathlib import Path
 
-DEFAULT_BENCHDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchdata"
+from funaudiochat.default_model.build import DEFAULT_BENCHDATA
 
 
 def speak_questions(bench: Path, work: Path) -> Path:
