@@ -9,6 +9,17 @@ Usage (each step caches its output in ``--work``, so steps can be re-run indepen
     python -m funaudiochat.audio.train_codec compare-encoders --work /tmp/codec    # tiny.en vs base
     python -m funaudiochat.audio.train_codec evaluate --work /tmp/codec --report report.json  # WER, RTF, streaming
 
+Detokenizer training can also read **extra utterances** (``--extra FILE.jsonl``, repeatable), JSON lines of
+``{"audio": path, "voice": "joe", "tokens": [...], "text": "..."}`` (paths relative to the file; ``tokens``
+optional, computed with ``--tokenizer`` when absent), and start from a trained detokenizer (``--init DIR``).
+``extra-from-build`` writes such files from a default-model build's spoken answers (real answer text, not
+the grammar below), and ``evaluate-extra`` measures the round trip on a held-out one::
+
+    python -m funaudiochat.audio.train_codec extra-from-build --build-work build/default-model --out /tmp/codec/answers
+    python -m funaudiochat.audio.train_codec detokenizer --work /tmp/codec --tokenizer funaudiochat/assets/speech_tokenizer \
+        --init funaudiochat/assets/speech_detokenizer --extra /tmp/codec/answers/train.jsonl --out DIR --minutes 20 --lr 5e-4
+    python -m funaudiochat.audio.train_codec evaluate-extra --manifest /tmp/codec/answers/heldout.jsonl --detokenizer DIR --n 40
+
 Training speech comes from the offline TTS engines (piper joe plus two espeak voices) reading
 procedurally generated sentences, so no benchmark text is ever seen.  The evaluation sentences
 (:func:`eval_sentences`) come from a different seed and are checked to be disjoint from training.
@@ -17,12 +28,14 @@ procedurally generated sentences, so no benchmark text is ever seen.  The evalua
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import random
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -356,6 +369,162 @@ def load_examples(path: Path, token_sha: str) -> list:
         return [(int(v), t, torch.from_numpy(np.ascontiguousarray(m))) for v, t, m in zip(z["voices"], toks, mels)]
 
 
+# ----------------------------------------------------------------------------------- extra utterances
+
+
+@dataclass(frozen=True)
+class ExtraUtterance:
+    """One line of an extra-utterance file (see the module docstring)."""
+
+    audio: Path
+    voice: str
+    tokens: tuple[int, ...] | None
+    text: str | None
+
+
+def read_extra_manifest(path: str | Path) -> list[ExtraUtterance]:
+    """Parse and check an extra-utterance file; every error names the file and line."""
+    from funaudiochat.audio.voices import TRAINING_VOICES
+
+    path = Path(path)
+    items = []
+    # split on "\n" only: str.splitlines would also cut at U+2028 and friends inside JSON strings
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("audio"), str):
+            raise ValueError(f'{where}: each line needs an "audio" path (a string)')
+        voice = rec.get("voice", "joe")
+        if voice not in TRAINING_VOICES:
+            raise ValueError(f"{where}: unknown voice {voice!r}; the detokenizer's voices are {list(TRAINING_VOICES)}")
+        tokens = rec.get("tokens")
+        if tokens is not None and (not isinstance(tokens, list) or not tokens
+                                   or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)):
+            raise ValueError(f'{where}: "tokens" must be a non-empty list of non-negative integers')
+        audio = Path(rec["audio"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        if not audio.is_file():
+            raise ValueError(f"{where}: audio file {audio} not found")
+        text = rec.get("text")
+        items.append(ExtraUtterance(audio, voice, tuple(tokens) if tokens else None, text if isinstance(text, str) else None))
+    if not items:
+        raise ValueError(f"{path}: no utterances")
+    return items
+
+
+def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_size: int) -> list:
+    """(voice index, tokens, log-mel [80, F]) per utterance of the extra files, like ``_detok_examples``."""
+    import torch
+
+    from funaudiochat.audio.detokenizer import frames_for_tokens
+    from funaudiochat.audio.io import load_audio
+    from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+    from funaudiochat.audio.vocoder import mel_spectrogram
+    from funaudiochat.audio.voices import TRAINING_VOICES
+
+    voice_index = {name: i for i, name in enumerate(TRAINING_VOICES)}
+    tokenizer = None
+    out = []
+    for path in paths:
+        for item in read_extra_manifest(path):
+            tokens = item.tokens
+            if tokens is None:
+                tokenizer = tokenizer or KMeansSpeechTokenizer.from_pretrained(tokenizer_dir)
+                tokens = tuple(tokenizer.encode(load_audio(item.audio, 16000, max_seconds=None)))
+            if max(tokens) >= codebook_size:
+                raise ValueError(f"{path}: {item.audio} has speech token {max(tokens)}, outside the codebook of "
+                                 f"{codebook_size}")
+            mel = mel_spectrogram(torch.from_numpy(load_audio(item.audio, 22050, max_seconds=None)))
+            n = min(mel.shape[1], frames_for_tokens(len(tokens)))
+            out.append((voice_index[item.voice], np.asarray(tokens, dtype=np.int64), mel[:, :n].contiguous()))
+    return out
+
+
+def heldout(item_id: str, every: int) -> bool:
+    """Deterministic 1-in-``every`` hold-out; salted so it is independent of the build's own id splits."""
+    return int.from_bytes(hashlib.sha1(f"codec-heldout:{item_id}".encode()).digest()[:8], "big") % every == 0
+
+
+def _jsonl_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def cmd_extra_from_build(args: argparse.Namespace) -> None:
+    """Write train.jsonl / heldout.jsonl from a default-model build's spoken answers (piper joe)."""
+    work = Path(args.build_work)
+    tokens_path, answers_path = work / "data" / "answer_tokens.jsonl", work / "answers.jsonl"
+    for p in (tokens_path, answers_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} missing: run `funaudiochat build-default --work {work}` up to its speech "
+                                    "data stage first")
+    answers = {r["id"]: r["answer"] for r in map(json.loads, _jsonl_lines(answers_path))}
+    splits: dict[str, list[str]] = {"train": [], "heldout": []}
+    for line in _jsonl_lines(tokens_path):
+        rec = json.loads(line)
+        wav = (work / "data" / "wav" / f"{rec['id']}_a.wav").resolve()
+        if not wav.is_file():
+            raise FileNotFoundError(f"{wav} missing (the answer recording of {rec['id']})")
+        row = {"id": rec["id"], "audio": str(wav), "voice": "joe", "tokens": rec["tokens"], "text": answers[rec["id"]]}
+        splits["heldout" if heldout(rec["id"], args.heldout_every) else "train"].append(json.dumps(row))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        tmp = out / f".{name}.jsonl.tmp"
+        tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        tmp.replace(out / f"{name}.jsonl")  # a killed run never leaves half a file under the final name
+    logger.info("wrote %d training and %d held-out answers to %s", len(splits["train"]), len(splits["heldout"]), out)
+
+
+def cmd_evaluate_extra(args: argparse.Namespace) -> None:
+    """Round-trip WER on utterances with a text: their tokens -> detokenizer -> ASR, against the source audio's ASR."""
+    import torch
+
+    from funaudiochat.audio.detokenizer import FlowMatchingDetokenizer
+    from funaudiochat.audio.io import load_audio, resample
+    from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+    from funaudiochat.speech.asr import LocalASR
+    from funaudiochat.speech.wer import word_errors
+
+    torch.set_num_threads(args.threads)
+    items = [i for i in read_extra_manifest(args.manifest) if i.text][: args.n]
+    if not items:
+        raise ValueError(f"{args.manifest}: no utterance has a text to score against")
+    detok = FlowMatchingDetokenizer.from_pretrained(args.detokenizer, vocoder=args.vocoder)
+    tokenizer = None
+    asr = LocalASR(compute_type=args.compute_type, cpu_threads=args.threads)
+    rows, err_src, err_rt, words = [], 0, 0, 0
+    for i, item in enumerate(items):
+        source = load_audio(item.audio, 16000, max_seconds=None)
+        tokens = item.tokens
+        if tokens is None:
+            tokenizer = tokenizer or KMeansSpeechTokenizer.from_pretrained(args.tokenizer)
+            tokens = tuple(tokenizer.encode(source))
+        wav, sr = detok.synthesize(list(tokens), voice=item.voice)
+        hyp_src = asr.transcribe(source, model="base", beam_size=args.beam)
+        hyp_rt = asr.transcribe(resample(wav, sr, 16000), model="base", beam_size=args.beam)
+        e_src, n = word_errors(item.text, hyp_src)
+        e_rt, _ = word_errors(item.text, hyp_rt)
+        err_src, err_rt, words = err_src + e_src, err_rt + e_rt, words + n
+        rows.append({"audio": str(item.audio), "text": item.text, "source_asr": hyp_src, "roundtrip_asr": hyp_rt})
+        if i % 10 == 0:
+            logger.info("%d/%d  WER source %.2f%%  round trip %.2f%%", i + 1, len(items), 100 * err_src / max(words, 1),
+                        100 * err_rt / max(words, 1))
+    report = {"manifest": str(args.manifest), "detokenizer": str(args.detokenizer or "shipped"), "utterances": len(items),
+              "words": words, "wer_source": round(100 * err_src / max(words, 1), 2),
+              "wer_roundtrip": round(100 * err_rt / max(words, 1), 2), "rows": rows}
+    text = json.dumps(report, indent=2) + "\n"
+    if args.report:
+        Path(args.report).write_text(text)
+    logger.info("WER source audio %.2f%%, round trip %.2f%% (%d utterances, %d words)", report["wer_source"],
+                report["wer_roundtrip"], len(items), words)
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+
+
 def cmd_detokenizer(args: argparse.Namespace) -> None:
     """Train the token->mel flow model for a fixed wall-clock budget; save fp16 weights + manifest."""
     import torch
@@ -372,23 +541,42 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
     tok_manifest = json.loads((Path(args.tokenizer) / "tokenizer.json").read_text())
     token_sha = tok_manifest["files"]["centroids.safetensors"]["sha256"]
     examples = Path(args.examples) if args.examples else None
+    data: list = []
     if examples is not None and examples.is_file():
         data = load_examples(examples, token_sha)
-    else:
+    elif not args.extra or any(work.glob("data_*.npz")):  # the grammar's speech, unless only extra files are given
         data = _detok_examples(work, token_sha)
         if examples is not None:
             save_examples(examples, data, token_sha)
             logger.info("saved %d training examples to %s", len(data), examples)
             if args.minutes <= 0:
                 return
+    n_grammar = len(data)
+    if args.extra:
+        data += extra_examples(args.extra, args.tokenizer, tok_manifest["codebook_size"])
+        logger.info("%d grammar utterances + %d from %s", n_grammar, len(data) - n_grammar, ", ".join(args.extra))
+    if len(data) < args.batch:
+        raise ValueError(f"{len(data)} training utterances, fewer than one batch of {args.batch}")
     device = torch.device(args.device)
     all_mel = torch.cat([m for _, _, m in data], dim=1)
-    mean, std = all_mel.mean(1), all_mel.std(1) + 1e-3
-    cfg = FlowConfig(codebook_size=tok_manifest["codebook_size"], n_voices=len(TRAINING_VOICES), dim=args.dim,
-                     steps=args.steps, seed=args.seed)
-    model = TokenToMel(cfg)
-    model.mel_mean.copy_(mean)
-    model.mel_std.copy_(std)
+    if args.init:
+        # Fine-tuning keeps the starting model's shape and mel normalisation; only the data change.
+        start = FlowMatchingDetokenizer.from_pretrained(args.init, vocoder=GriffinLimVocoder())
+        if start.manifest.tokenizer_sha256 != token_sha:
+            raise ValueError(f"--init {args.init} was trained for tokenizer {start.manifest.tokenizer_sha256[:12]}..., "
+                             f"not {args.tokenizer} ({token_sha[:12]}...)")
+        if start.voices != tuple(TRAINING_VOICES):
+            raise ValueError(f"--init {args.init} has voices {start.voices}, not {tuple(TRAINING_VOICES)}")
+        model = start.model
+        cfg = model.cfg
+    else:
+        mean, std = all_mel.mean(1), all_mel.std(1) + 1e-3
+        cfg = FlowConfig(codebook_size=tok_manifest["codebook_size"], n_voices=len(TRAINING_VOICES), dim=args.dim,
+                         steps=args.steps, seed=args.seed)
+        model = TokenToMel(cfg)
+        model.mel_mean.copy_(mean)
+        model.mel_std.copy_(std)
+    mean, std = model.mel_mean.clone(), model.mel_std.clone()
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%d utterances, %d mel frames (%.1f min); model %.2f M params", len(data), all_mel.shape[1],
@@ -403,7 +591,7 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
         if elapsed > budget:
             break
         frac = elapsed / budget
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = [data[i] for i in rng.choice(len(data), args.batch, replace=False)]
@@ -443,7 +631,10 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
                 "batch": args.batch, "crop_frames": args.crop, "lr": args.lr, "params": n_params,
                 "utterances": len(data), "mel_frames": int(all_mel.shape[1]),
                 "final_fm_loss": round(float(fm), 4), "final_prior_l1": round(float(pr), 4),
-                "text": "procedural sentences (train_codec.train_sentences)",
+                "text": "procedural sentences (train_codec.train_sentences)" if not args.extra else
+                        f"{n_grammar} procedural sentences (train_codec.train_sentences) and {len(data) - n_grammar} "
+                        f"extra utterances ({', '.join(str(e) for e in args.extra)})",
+                "init": str(args.init) if args.init else None,
                 "voices": {k: list(v) for k, v in TRAINING_VOICES.items()}}
     detok = FlowMatchingDetokenizer(model, VoiceBank.from_names(tuple(TRAINING_VOICES)), GriffinLimVocoder())
     detok.save(args.out, token_sha, training)
@@ -616,6 +807,10 @@ def main(argv: list[str] | None = None) -> None:
                    "and written there (with --minutes 0, only written)")
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
+    p.add_argument("--init", default=None, help="start from this trained detokenizer folder (fine-tuning; --dim is ignored)")
+    p.add_argument("--extra", action="append", default=[], metavar="FILE.jsonl",
+                   help="extra training utterances (repeatable; format in the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_detokenizer)
@@ -634,6 +829,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference-only", action="store_true", help="only synthesize + transcribe the TTS audio")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("extra-from-build", help="extra-utterance files from a default-model build's spoken answers")
+    p.add_argument("--build-work", required=True, help="the build's --work folder")
+    p.add_argument("--out", required=True, help="folder for train.jsonl and heldout.jsonl")
+    p.add_argument("--heldout-every", type=int, default=8, help="hold out about 1 answer in N (by id hash)")
+    p.set_defaults(func=cmd_extra_from_build)
+
+    p = sub.add_parser("evaluate-extra", help="round-trip WER on an extra-utterance file's texts")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--detokenizer", default=None, help="detokenizer folder (default: the shipped one)")
+    p.add_argument("--tokenizer", default=None, help="for lines without tokens (default: the shipped one)")
+    p.add_argument("--vocoder", default="hifigan", choices=["hifigan", "griffinlim"])
+    p.add_argument("--n", type=int, default=40, help="first N utterances with a text")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--compute-type", default="int8")
+    p.add_argument("--report", default=None, help="JSON report with every transcript")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate_extra)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.func(args)
