@@ -34,8 +34,8 @@ import logging
 import math
 import random
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -456,6 +456,8 @@ def _jsonl_lines(path: Path) -> list[str]:
 
 def cmd_extra_from_build(args: argparse.Namespace) -> None:
     """Write train.jsonl / heldout.jsonl from a default-model build's spoken answers (piper joe)."""
+    if args.heldout_every < 2:
+        raise ValueError(f"--heldout-every must be at least 2 (got {args.heldout_every})")
     work = Path(args.build_work)
     tokens_path, answers_path = work / "data" / "answer_tokens.jsonl", work / "answers.jsonl"
     for p in (tokens_path, answers_path):

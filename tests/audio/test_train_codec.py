@@ -105,6 +105,12 @@ def test_extra_from_build_splits_the_answers(tmp_path: Path) -> None:
     assert not list((tmp_path / "x").glob(".*.tmp"))
 
 
+def test_extra_from_build_refuses_a_useless_holdout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--heldout-every must be at least 2 \\(got 0\\)"):
+        train_codec.main(["extra-from-build", "--build-work", str(tmp_path), "--out", str(tmp_path / "x"),
+                          "--heldout-every", "0"])
+
+
 def test_extra_from_build_needs_the_speech_data(tmp_path: Path) -> None:
     (tmp_path / "build").mkdir()
     with pytest.raises(FileNotFoundError, match="answer_tokens.jsonl missing: run `funaudiochat build-default"):
