@@ -324,10 +324,6 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
 
 def _detok_examples(work: Path, token_sha: str) -> list[tuple[int, np.ndarray, torch.Tensor]]:
     """(voice index, tokens int64, normalised-later log-mel [80, F]) per training utterance."""
-    import torch
-
-    from funaudiochat.audio.detokenizer import frames_for_tokens
-    from funaudiochat.audio.vocoder import mel_spectrogram
     from funaudiochat.audio.voices import TRAINING_VOICES
 
     voice_index = {name: i for i, name in enumerate(TRAINING_VOICES)}
@@ -337,12 +333,19 @@ def _detok_examples(work: Path, token_sha: str) -> list[tuple[int, np.ndarray, t
             raise ValueError(f"{work / 'tokens.npz'} was made with another tokenizer ({z['sha256']}); "
                              "re-run the tokenizer step")
         toks = [z[f"t{i:05d}"].astype(np.int64) for i in range(len(items))]
-    out = []
-    for (voice, _, audio), tok in zip(items, toks):
-        mel = mel_spectrogram(torch.from_numpy(audio))
-        n = min(mel.shape[1], frames_for_tokens(tok.size))
-        out.append((voice_index[voice], tok, mel[:, :n].contiguous()))
-    return out
+    return [_example(voice_index[voice], tok, audio) for (voice, _, audio), tok in zip(items, toks)]
+
+
+def _example(voice: int, tokens: np.ndarray, audio_22k: np.ndarray) -> tuple[int, np.ndarray, torch.Tensor]:
+    """One training example: the log-mel cut to the frames the tokens cover."""
+    import torch
+
+    from funaudiochat.audio.detokenizer import frames_for_tokens
+    from funaudiochat.audio.vocoder import mel_spectrogram
+
+    mel = mel_spectrogram(torch.from_numpy(audio_22k))
+    n = min(mel.shape[1], frames_for_tokens(tokens.size))
+    return voice, tokens, mel[:, :n].contiguous()
 
 
 def save_examples(path: Path, data: list, token_sha: str) -> None:
@@ -419,12 +422,8 @@ def read_extra_manifest(path: str | Path) -> list[ExtraUtterance]:
 
 def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_size: int) -> list:
     """(voice index, tokens, log-mel [80, F]) per utterance of the extra files, like ``_detok_examples``."""
-    import torch
-
-    from funaudiochat.audio.detokenizer import frames_for_tokens
     from funaudiochat.audio.io import load_audio
     from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
-    from funaudiochat.audio.vocoder import mel_spectrogram
     from funaudiochat.audio.voices import TRAINING_VOICES
 
     voice_index = {name: i for i, name in enumerate(TRAINING_VOICES)}
@@ -439,9 +438,8 @@ def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_
             if max(tokens) >= codebook_size:
                 raise ValueError(f"{path}: {item.audio} has speech token {max(tokens)}, outside the codebook of "
                                  f"{codebook_size}")
-            mel = mel_spectrogram(torch.from_numpy(load_audio(item.audio, 22050, max_seconds=None)))
-            n = min(mel.shape[1], frames_for_tokens(len(tokens)))
-            out.append((voice_index[item.voice], np.asarray(tokens, dtype=np.int64), mel[:, :n].contiguous()))
+            out.append(_example(voice_index[item.voice], np.asarray(tokens, dtype=np.int64),
+                                load_audio(item.audio, 22050, max_seconds=None)))
     return out
 
 
@@ -450,12 +448,11 @@ def heldout(item_id: str, every: int) -> bool:
     return int.from_bytes(hashlib.sha1(f"codec-heldout:{item_id}".encode()).digest()[:8], "big") % every == 0
 
 
-def _jsonl_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
 def cmd_extra_from_build(args: argparse.Namespace) -> None:
     """Write train.jsonl / heldout.jsonl from a default-model build's spoken answers (piper joe)."""
+    from funaudiochat.default_model.answers import read_answer_cache
+    from funaudiochat.default_model.speech_data import answer_recording, read_token_cache
+
     if args.heldout_every < 2:
         raise ValueError(f"--heldout-every must be at least 2 (got {args.heldout_every})")
     work = Path(args.build_work)
@@ -464,15 +461,14 @@ def cmd_extra_from_build(args: argparse.Namespace) -> None:
         if not p.is_file():
             raise FileNotFoundError(f"{p} missing: run `funaudiochat build-default --work {work}` up to its speech "
                                     "data stage first")
-    answers = {r["id"]: r["answer"] for r in map(json.loads, _jsonl_lines(answers_path))}
+    answers = read_answer_cache(answers_path)
     splits: dict[str, list[str]] = {"train": [], "heldout": []}
-    for line in _jsonl_lines(tokens_path):
-        rec = json.loads(line)
-        wav = (work / "data" / "wav" / f"{rec['id']}_a.wav").resolve()
+    for item_id, tokens in read_token_cache(tokens_path).items():
+        wav = answer_recording(work, item_id).resolve()
         if not wav.is_file():
-            raise FileNotFoundError(f"{wav} missing (the answer recording of {rec['id']})")
-        row = {"id": rec["id"], "audio": str(wav), "voice": "joe", "tokens": rec["tokens"], "text": answers[rec["id"]]}
-        splits["heldout" if heldout(rec["id"], args.heldout_every) else "train"].append(json.dumps(row))
+            raise FileNotFoundError(f"{wav} missing (the answer recording of {item_id})")
+        row = {"id": item_id, "audio": str(wav), "voice": "joe", "tokens": tokens, "text": answers[item_id]}
+        splits["heldout" if heldout(item_id, args.heldout_every) else "train"].append(json.dumps(row))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
@@ -572,13 +568,12 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
         model = start.model
         cfg = model.cfg
     else:
-        mean, std = all_mel.mean(1), all_mel.std(1) + 1e-3
         cfg = FlowConfig(codebook_size=tok_manifest["codebook_size"], n_voices=len(TRAINING_VOICES), dim=args.dim,
                          steps=args.steps, seed=args.seed)
         model = TokenToMel(cfg)
-        model.mel_mean.copy_(mean)
-        model.mel_std.copy_(std)
-    mean, std = model.mel_mean.clone(), model.mel_std.clone()
+        model.mel_mean.copy_(all_mel.mean(1))
+        model.mel_std.copy_(all_mel.std(1) + 1e-3)
+    mean, std = model.mel_mean.clone(), model.mel_std.clone()  # the targets' normalisation
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%d utterances, %d mel frames (%.1f min); model %.2f M params", len(data), all_mel.shape[1],

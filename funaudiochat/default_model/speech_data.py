@@ -129,7 +129,13 @@ def write_noisy_copy(path: Path, clean, item_id: str, snr_range: tuple[float, fl
     write_wav_atomic(path, add_noise_at_snr(clean, snr, seed=_h("noise", item_id) % 2**32), 16000)
 
 
-def _read_tokens(path: Path) -> dict[str, list[int]]:
+def answer_recording(work_dir: str | Path, item_id: str) -> Path:
+    """Where the speech-data stage writes the spoken answer (assistant voice) of ``item_id``."""
+    return Path(work_dir) / "data" / "wav" / f"{_safe(item_id)}_a.wav"
+
+
+def read_token_cache(path: Path) -> dict[str, list[int]]:
+    """Speech tokens of the spoken answers by item id (``answer_tokens.jsonl``); unreadable lines are skipped."""
     out: dict[str, list[int]] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").split("\n"):
@@ -196,7 +202,7 @@ def build_speech_data(
     wav.mkdir(parents=True, exist_ok=True)
     engines = TTSEngines()
     tok_path = data / "answer_tokens.jsonl"
-    tokens = _read_tokens(tok_path)
+    tokens = read_token_cache(tok_path)
     sft, dpo, ctc = [], [], []
     with tok_path.open("a", encoding="utf-8") as tok_file:
         for q in questions:
