@@ -46,6 +46,8 @@ FUSION_MODES = ("replace", "add")
 #: How user-speech vectors become backbone inputs: ``linear`` as released, or ``vocab_ctc``
 #: (``modeling/vocab_adapter.py``: CTC posteriors over the backbone's own tokens, mixed embeddings).
 ADAPTER_MODES = ("linear", "vocab_ctc")
+#: Text layouts of spoken replies (``FunAudioChatConfig.text_layout``).
+TEXT_LAYOUTS = ("ahead", "paced")
 
 
 class FunAudioChatAudioEncoderConfig(PretrainedConfig):
@@ -151,6 +153,10 @@ class FunAudioChatConfig(PretrainedConfig):
     #: The official training code halves user-audio features too (averaging them with a zeroed text
     #: embedding) while inference does not; False keeps training and inference consistent.
     halve_user_audio_in_training: bool = False
+    #: Where a spoken reply's text tokens sit in its audio run: ``"ahead"`` (the released layout, one
+    #: per group from the start, then ``<|sil|>``) or ``"paced"`` (each token in the group before its
+    #: speech starts, ``<|sil|>`` between; ``funaudiochat/training/pacing.py``).
+    text_layout: str = "ahead"
     #: Full-duplex settings (``funaudiochat.duplex.model.enable_duplex``); when set the model has an
     #: action head (``duplex_head``).  None for half-duplex models.
     duplex: dict | None = None
@@ -171,6 +177,8 @@ class FunAudioChatConfig(PretrainedConfig):
                 f"hidden_size ({self.text_config.hidden_size})"
             )
         self.hidden_size = self.text_config.hidden_size
+        if self.text_layout not in TEXT_LAYOUTS:
+            raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {self.text_layout!r}")
 
     @property
     def audio_bos_id(self) -> int:

@@ -38,6 +38,9 @@ class Message:
     text: str | None = None
     audio: np.ndarray | None = None
     speech_tokens: Sequence[int] | None = None
+    #: Start frame (25 Hz speech-token index) of each whitespace-separated word of ``text`` in the
+    #: spoken reply; read only by models with the paced text layout (``config.text_layout``).
+    word_starts: Sequence[int] | None = None
     #: Whether an assistant turn is a training target (ignored for other roles).
     train: bool = True
 
@@ -103,7 +106,9 @@ class FunAudioChatProcessor:
         feats = log_mel(audio, self.n_mels)
         return AudioSlot(speech_ids=[self.config.audio_config.pad_token_id] * n, features=feats)
 
-    def spoken_reply_slot(self, speech_tokens: Sequence[int], text: str | None) -> AudioSlot:
+    def spoken_reply_slot(
+        self, speech_tokens: Sequence[int], text: str | None, word_starts: Sequence[int] | None = None
+    ) -> AudioSlot:
         a = self.config.audio_config
         bad = [t for t in speech_tokens if not 0 <= int(t) < a.bos_token_id]
         if bad:
@@ -112,7 +117,26 @@ class FunAudioChatProcessor:
         # The last group is completed with speech EOS, so the model learns to end mid-group; a pad there
         # would be no target at all, and generation could not stop cleanly after an odd length.
         ids += [a.eos_token_id] * (-len(ids) % a.group_size)
+        if text and self.config.text_layout == "paced":
+            return AudioSlot(speech_ids=ids, text_ids=self.paced_text(text, word_starts, len(ids) // a.group_size))
         return AudioSlot(speech_ids=ids, text_ids=self.text(text) if text else [])
+
+    def paced_text(self, text: str, word_starts: Sequence[int] | None, n_groups: int) -> list[int]:
+        """A spoken reply's text slots in the paced layout (``training/pacing.py``)."""
+        from funaudiochat.training.pacing import paced_text_slots, token_start_frames
+
+        if word_starts is None:
+            raise ValueError("this model uses the paced text layout: a spoken reply with text needs word_starts")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("the paced text layout needs a fast tokenizer (character offsets of its tokens)")
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        frames = token_start_frames(text, enc["offset_mapping"], word_starts)
+        k = self.config.audio_config.group_size
+        try:
+            return paced_text_slots(enc["input_ids"], frames, n_groups, self.config.sil_id, k, self.config.speech_delay // k)
+        except ValueError as exc:  # more tokens than groups: the released layout's truncation, and say so
+            logger.warning("%s; using the packed layout, truncated", exc)
+            return list(enc["input_ids"][:n_groups])
 
     # ----------------------------------------------------------------- conversations
     def encode(
@@ -139,7 +163,7 @@ class FunAudioChatProcessor:
             learn = m.role == "assistant" and m.train
             add(self.header(m.role), False)
             if m.role == "assistant" and m.speech_tokens is not None:
-                slot = self.spoken_reply_slot(m.speech_tokens, m.text)
+                slot = self.spoken_reply_slot(m.speech_tokens, m.text, m.word_starts)
                 slots.append(slot)
                 add(self.audio_run(len(slot.speech_ids)), learn)
             else:

@@ -63,3 +63,43 @@ def test_bad_messages_are_reported():
         PROC.encode([Message("assistant", "hi", speech_tokens=[1, 7000])])
     with pytest.raises(ValueError, match="shorter than one 40 ms speech frame"):
         PROC.encode([Message("user", audio=np.zeros(100, dtype=np.float32))])
+
+
+PACED = FunAudioChatProcessor(TOK, tiny_config(text_layout="paced"))
+
+
+def test_paced_reply_puts_each_word_before_its_speech():
+    # 40 speech frames + 10 delay = 50 ids -> 10 groups; "the capital is paris" starts at 0, 6, 22, 30
+    msg = Message("assistant", "the capital is paris", speech_tokens=list(range(40)), word_starts=[0, 6, 22, 30])
+    slot = PACED.encode([msg]).audio[0]
+    sil = CFG.sil_id
+    # word at frame f -> group f // 5 + 1 (delay 2 groups, one before the sound); "the" and "capital"
+    # both want slot 1 or 2: "the" moves earlier
+    assert slot.text_ids == [sil, *t("the"), *t("capital"), sil, sil, *t("is"), sil, *t("paris"), sil, sil]
+    # the released layout ignores word_starts
+    assert PROC.encode([msg]).audio[0].text_ids == t("the capital is paris")
+
+
+def test_paced_reply_needs_word_starts_and_falls_back_when_crowded(caplog):
+    with pytest.raises(ValueError, match="paced text layout: a spoken reply with text needs word_starts"):
+        PACED.encode([Message("assistant", "paris", speech_tokens=[1] * 10)])
+    # 2 frames + 10 delay -> 3 groups for 4 words: the packed layout, truncated, with a warning
+    msg = Message("assistant", "the capital is paris", speech_tokens=[1, 2], word_starts=[0, 0, 1, 1])
+    assert PACED.encode([msg]).audio[0].text_ids == t("the capital is")
+    assert "do not fit in 3 speech groups" in caplog.text
+
+
+def test_paced_batch_trains_with_the_paced_slots_as_text_targets():
+    from funaudiochat.modeling.targets import aligned_text_slots
+
+    msgs = [Message("user", "hello"), Message("assistant", "the capital is paris", speech_tokens=list(range(40)),
+                                              word_starts=[0, 6, 22, 30])]
+    ex = PACED.encode(msgs)
+    batch = PACED.collate([ex])
+    # the model's slot alignment keeps the paced ids (<|sil|> is not a text end) ...
+    slots = aligned_text_slots(batch["text_ids"][0], batch["text_attention_mask"][0], 10, CFG.sil_id, (2, 0))
+    assert slots.tolist() == ex.audio[0].text_ids
+    torch.manual_seed(0)
+    out = FunAudioChatForConditionalGeneration(PACED.config)(**batch)
+    # ... and trains on them: text and speech losses both exist
+    assert torch.isfinite(out.loss) and out.text_loss is not None and out.speech_loss is not None

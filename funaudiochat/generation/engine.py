@@ -89,7 +89,8 @@ class _Row:
     speaking: bool = False
     #: The text stream said ``<|sil|>`` (or ``<|im_end|>``) while speaking: in training text never
     #: follows it in a turn, so ``<|sil|>`` is held until the speech ends (a model whose speech runs on
-    #: otherwise starts the text over).
+    #: otherwise starts the text over).  Paced models (``config.text_layout``) pause with ``<|sil|>``
+    #: between words, so for them only ``<|im_end|>`` ends the text.
     text_ended: bool = False
     finished: bool = False
     reason: str = ""
@@ -165,8 +166,12 @@ class Turn:
             sorted({cfg.audio_token_index, cfg.audio_bos_id, cfg.audio_eos_id, *self.audio_specials[4:]}),
             device=dev,
         )
-        # ...and may not end before it has said a word: a spoken turn always has written text
-        self.ban_speaking_silent = torch.tensor(sorted({*self.ban_speaking.tolist(), cfg.sil_id, self.im_end}), device=dev)
+        # ...and may not end before it has said a word: a spoken turn always has written text.  In the
+        # paced layout <|sil|> is a pause between words (and usually the first slot), not the text's end.
+        self.paced = cfg.text_layout == "paced"
+        silent_ban = {self.im_end} if self.paced else {cfg.sil_id, self.im_end}
+        self.ban_speaking_silent = torch.tensor(sorted({*self.ban_speaking.tolist(), *silent_ban}), device=dev)
+        self.text_end_ids = (self.im_end,) if self.paced else (cfg.sil_id, self.im_end)
         self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
         self.ban_speech = torch.tensor([a.bos_token_id, a.pad_token_id], device=dev)
         self.hidden_specials = set(self.audio_specials) | {self.im_end}
@@ -342,7 +347,7 @@ class Turn:
                     ban = self.ban_text
                 previous = torch.tensor(row.fed_text, dtype=torch.long, device=dev)
                 text[i] = sample_token(self.next_logits[i], self.options.text_sampling, row.conv.generator, previous, ban)
-                if row.speaking and text[i] in (self.cfg.sil_id, self.im_end):
+                if row.speaking and text[i] in self.text_end_ids:
                     text[i], row.text_ended = self.cfg.sil_id, True
             row.steps += 1
             if "first_text_s" not in row.timings and text[i] not in self.hidden_specials:

@@ -21,7 +21,7 @@ ROLES = ("system", "user", "assistant")
 SPEECH_VOCAB_SIZE = 6561  # CosyVoice S3 tokens are 0..6560; 6561/6562 are model-side control ids
 DPO_TASKS = ("robustness", "instruction_following", "audio_understanding", "empathy")
 RECORD_KEYS = ("id", "task", "messages", "chosen", "rejected", "meta")
-MESSAGE_KEYS = ("role", "content", "audio", "speech_tokens")
+MESSAGE_KEYS = ("role", "content", "audio", "speech_tokens", "word_starts")
 
 Mode = Literal["auto", "sft", "dpo"]
 
@@ -56,6 +56,8 @@ class Message:
     content: str | None = None
     audio: Path | None = None
     speech_tokens: tuple[int, ...] | None = None
+    #: Start frame (25 Hz) of each whitespace-separated word of ``content`` in ``speech_tokens``.
+    word_starts: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,33 @@ class _Checker:
             self.error(field, "missing content (needs non-empty 'content', 'audio' or 'speech_tokens')")
         if role == "system" and (has_audio_field or has_token_field):
             self.error(field, "a system turn takes text 'content' only")
+        starts = self._word_starts(obj.get("word_starts"), f"{field}.word_starts", content, tokens)
         if len(self.errors) > n_before:
             return None
-        return Message(role=role, content=content, audio=audio, speech_tokens=tokens)
+        return Message(role=role, content=content, audio=audio, speech_tokens=tokens, word_starts=starts)
+
+    def _word_starts(
+        self, value: Any, field: str, content: str | None, tokens: tuple[int, ...] | None
+    ) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if tokens is None or not content:
+            self.error(field, "only a turn with both 'content' and 'speech_tokens' can have word starts")
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            self.error(field, "must be a list of integers (start frame of each word)")
+            return None
+        n_words = len(content.split())
+        if len(value) != n_words:
+            self.error(field, f"has {len(value)} entries but content has {n_words} words")
+            return None
+        if any(v < 0 or v >= len(tokens) for v in value):
+            self.error(field, f"every start must be a frame of speech_tokens, in [0, {len(tokens)})")
+            return None
+        if any(b < a for a, b in zip(value, value[1:])):
+            self.error(field, "must not decrease")
+            return None
+        return tuple(value)
 
     def _audio(self, value: Any, field: str) -> Path | None:
         if value is None:

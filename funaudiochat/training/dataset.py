@@ -135,7 +135,7 @@ class ConversationDataset(Dataset):
         audio = None
         if m.audio is not None:
             audio = load_audio(m.audio, max_seconds=self.max_audio_seconds, name=f"{where}: {m.audio}")
-        return Message(role=m.role, text=m.content, audio=audio, speech_tokens=m.speech_tokens)
+        return Message(role=m.role, text=m.content, audio=audio, speech_tokens=m.speech_tokens, word_starts=m.word_starts)
 
     def _encode(self, messages: Sequence[Message], where: str) -> EncodedExample:
         try:

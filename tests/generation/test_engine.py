@@ -8,8 +8,11 @@ import threading
 import pytest
 import torch
 
-from funaudiochat.generation import EndOfTurn, SamplingConfig, SpeechTokens, TextDelta, TurnOptions
-from funaudiochat.processing import Message
+from funaudiochat.config import tiny_config
+from funaudiochat.generation import Engine, EndOfTurn, SamplingConfig, SpeechTokens, TextDelta, TurnOptions
+from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.processing import FunAudioChatProcessor, Message
+from funaudiochat.testing import word_tokenizer
 
 from .conftest import SPEECH, SYSTEM, user_audio
 
@@ -225,7 +228,7 @@ class CountingDetokenizer:
 
 
 def test_audio_chunks_follow_the_speech_tokens(trained_engine):
-    from funaudiochat.generation import AudioChunk, Engine
+    from funaudiochat.generation import AudioChunk
 
     engine = Engine(trained_engine.model, trained_engine.processor, detokenizer=CountingDetokenizer())
     conv = engine.conversation(system_prompt=SYSTEM)
@@ -283,3 +286,32 @@ def test_text_holds_silence_once_it_has_ended_while_speech_goes_on(random_engine
     assert ended[3:] == [cfg.sil_id] * (len(ended) - 3)
     # a spoken turn always has written text: before its first word the text may not end
     assert fed_text("before_a_word") == free
+
+
+def test_paced_model_pauses_with_sil_and_ends_text_only_with_im_end():
+    """A paced model (config.text_layout) writes <|sil|> between words: it must not end the text."""
+    torch.manual_seed(1)
+    cfg = tiny_config(text_layout="paced")
+    engine = Engine(FunAudioChatForConditionalGeneration(cfg), FunAudioChatProcessor(word_tokenizer(vocab_size=512), cfg))
+    im_end = engine.processor.im_end
+
+    def fed_text(force: int, at):
+        conv = engine.conversation(system_prompt=SYSTEM, seed=0)
+        turn = engine.start(conv, Message("user", audio=user_audio()), GREEDY_S2S)
+        while not turn.done:
+            row = turn.rows[0]
+            if row.speaking and (row.steps == at or (at == "first" and not row.visible)):
+                with torch.inference_mode():
+                    turn.next_logits[0, force] = 1e4
+            turn.step()
+        fed = list(turn.rows[0].fed_text)
+        turn.close()
+        return fed[: fed.index(cfg.audio_eos_id)]
+
+    paused = fed_text(cfg.sil_id, 3)
+    assert paused[3] == cfg.sil_id and any(t != cfg.sil_id for t in paused[4:])  # the text goes on
+    ended = fed_text(im_end, 3)
+    assert ended[3:] == [cfg.sil_id] * (len(ended) - 3)  # <|im_end|> still ends it, fed as <|sil|>
+    # before the first word a pause is allowed (the paced layout's first slot) but not the text's end
+    assert fed_text(cfg.sil_id, "first")[0] == cfg.sil_id
+    assert fed_text(im_end, "first")[0] != cfg.sil_id

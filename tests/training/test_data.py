@@ -133,3 +133,24 @@ def test_modes_and_misc(tmp_path: Path) -> None:
     assert [str(e) for e in validate_jsonl(bad_utf8)[1]] == ["line 1: encoding: not valid UTF-8 (invalid start byte at byte 14)"]
     with pytest.raises(FileNotFoundError, match="data file not found"):
         validate_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_word_starts(tmp_path: Path) -> None:
+    def turn(**kw):
+        return rec(messages=[U, {"role": "assistant", "content": "the big dog", "speech_tokens": [1] * 20, **kw}])
+
+    path = tmp_path / "w.jsonl"
+    path.write_text(turn(word_starts=[0, 4, 12]) + "\n")
+    assert load_jsonl(path)[0].messages[1].word_starts == (0, 4, 12)
+    bad = [
+        (turn(word_starts=[0, 4]), "has 2 entries but content has 3 words"),
+        (turn(word_starts=[0, 9, 4]), "must not decrease"),
+        (turn(word_starts=[0, 4, 20]), "in [0, 20)"),
+        (turn(word_starts=[0, "4", 12]), "must be a list of integers"),
+        (rec(messages=[U, {"role": "assistant", "content": "hi", "word_starts": [0]}]), "only a turn with both"),
+    ]
+    path.write_text("\n".join(line for line, _ in bad) + "\n")
+    with pytest.raises(DataFormatError) as err:
+        load_jsonl(path)
+    for n, (_, message) in enumerate(bad, 1):
+        assert f"line {n}: messages[1].word_starts: " in str(err.value) and message in str(err.value)
