@@ -105,6 +105,9 @@ class BuildConfig:
     #: ``vocab_ctc`` (user speech read as the backbone's own tokens, trained first by CTC) or
     #: ``linear`` (the released adapter; what the builds before session 5 used, without a CTC stage).
     speech_adapter: str = "vocab_ctc"
+    #: How a spoken reply's text sits in its audio run (``config.text_layout``): ``ahead`` as released,
+    #: or ``paced`` (each word's tokens just before its speech; ``training/pacing.py``, session 14).
+    text_layout: str = "ahead"
     # Speed (tempo and pitch) and level perturbation: each pass hears the few synthetic voices anew.
     ctc: StageSpec | None = field(default_factory=lambda: StageSpec(
         520, 1e-3, 1e-4, batch_size=16, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE),
@@ -133,10 +136,12 @@ class BuildConfig:
     srh: SRHRefineSpec | None = None
 
     def __post_init__(self) -> None:
-        from funaudiochat.config import ADAPTER_MODES
+        from funaudiochat.config import ADAPTER_MODES, TEXT_LAYOUTS
 
         if self.speech_adapter not in ADAPTER_MODES:
             raise ValueError(f"speech_adapter must be one of {ADAPTER_MODES}, got {self.speech_adapter!r}")
+        if self.text_layout not in TEXT_LAYOUTS:
+            raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {self.text_layout!r}")
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -324,20 +329,25 @@ def _vocab_stage(benchdata: str | Path | None, ctc: Path, work: Path, n: int) ->
     return build_vocab_speech(benchdata, known, work, n)
 
 
-def _init_stage(work: Path, seed: int, speech_adapter: str) -> Path:
+def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead") -> Path:
     from funaudiochat.default_model.parts import assemble_default
     from funaudiochat.training.fsutil import atomic_directory
 
     init = work / "init"
     if (init / "config.json").is_file():
-        found = json.loads((init / "config.json").read_text())["audio_config"].get("continuous_adapter", "linear")
-        if found != speech_adapter:
-            raise ValueError(
-                f"{init} was made with the {found!r} speech adapter, this build uses {speech_adapter!r}; every "
-                f"stage after it would differ, so use a new --work folder (the questions, answers and speech "
-                f"data can be copied into it to skip their stages)")
+        config = json.loads((init / "config.json").read_text())
+        found = {"speech adapter": config["audio_config"].get("continuous_adapter", "linear"),
+                 "text layout": config.get("text_layout", "ahead")}
+        for what, value in found.items():
+            wanted = speech_adapter if what == "speech adapter" else text_layout
+            if value != wanted:
+                raise ValueError(
+                    f"{init} was made with the {value!r} {what}, this build uses {wanted!r}; every stage after "
+                    f"it would differ, so use a new --work folder (the questions, answers and speech data can "
+                    f"be copied into it to skip their stages)")
         return init
     model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter)
+    model.config.text_layout = text_layout
     with atomic_directory(init, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -435,7 +445,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
-    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter)
+    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)
@@ -469,7 +479,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     if cfg.speech_adapter == "vocab_ctc" and cfg.vocab_sentences:
         vocab = timer.run("vocab_sentences", _vocab_stage, benchdata, data.ctc, work, cfg.vocab_sentences)
         ctc += [vocab] if vocab is not None else []
-    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter)
+    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout)
     recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init))
     if CTC_STAGE in recipes:
         timer.run(CTC_STAGE, _train_stage, recipes[CTC_STAGE])

@@ -51,6 +51,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.speech_adapter != "vocab_ctc":
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.speech_adapter = args.speech_adapter
+    if args.text_layout != "ahead":
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.text_layout = args.text_layout
     if args.vocab_sentences is not None:
         if args.vocab_sentences < 0:
             raise SystemExit(f"error: --vocab-sentences must be >= 0, got {args.vocab_sentences}")
@@ -103,6 +106,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    help="how user speech reaches the backbone: 'vocab_ctc' (default) reads it as the "
                    "backbone's own tokens, trained first by CTC; 'linear' is the released adapter, as in "
                    "the builds before session 5 (docs/default-model.md)")
+    p.add_argument("--text-layout", choices=("ahead", "paced"), default="ahead",
+                   help="where a spoken reply's text tokens sit among its speech: 'ahead' (default, the "
+                   "released layout) or 'paced' (each word just before its speech, <|sil|> between; "
+                   "docs/default-model.md, session 14)")
     p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
                    help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
                    "states (off by default; docs/default-model.md)")

@@ -266,11 +266,14 @@ def _versions() -> dict[str, str]:
 
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
-                 info: Mapping[str, Any] | None = None, speech_adapter: str = "linear") -> Path:
+                 info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
+                 text_layout: str = "ahead") -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
-    the same skeleton; packages without it predate the choice and are ``linear``.
+    the same skeleton; packages without it predate the choice and are ``linear``.  ``text_layout``
+    (``config.text_layout``) tells the engine how the model writes text while it speaks; packages
+    without it are ``ahead``.
     """
     from safetensors.torch import save_file
 
@@ -295,6 +298,7 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
             "speech_tokenizer": {"codebook_size": parts.SPEECH_CODEBOOK, "asset": "funaudiochat/assets/speech_tokenizer"},
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
             "speech_adapter": speech_adapter,
+            "text_layout": text_layout,
         },
         "versions": _versions(),
         "build": dict(info or {}),
@@ -377,6 +381,7 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
                             f"the installed backbone has {vocab}")
     files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
     apply_package(model, files, original_vocab, source=str(root))
+    model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
     if duplex:
         attach_duplex_head(model, manifest["duplex"], root)
         apply_duplex(model, load_file(str(root / DUPLEX_FILE)), source=str(root))

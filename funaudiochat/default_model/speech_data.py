@@ -157,7 +157,17 @@ def _answer_asr_record(q: Question, answer: str, audio: str) -> dict:
                 {"role": "assistant", "content": answer}]}
 
 
-def _sft_records(q: Question, answer: str, tokens: list[int], audio: str, tts: tuple) -> list[dict]:
+def _spoken_answer(answer: str, tokens: list[int], word_starts: list[int] | None) -> dict:
+    """An assistant turn with speech; ``word_starts`` lets a paced model lay out its text."""
+    turn = {"role": "assistant", "content": answer, "speech_tokens": tokens}
+    if word_starts is not None:
+        turn["word_starts"] = word_starts
+    return turn
+
+
+def _sft_records(
+    q: Question, answer: str, tokens: list[int], audio: str, tts: tuple, word_starts: list[int] | None = None
+) -> list[dict]:
     """The three SFT records of one question (spoken reply, text reply, transcription)."""
     meta = {"source": q.source, "tts": list(tts)}
     spoken_prompt = SPOKEN_CHAT if _h("prompt", q.id) % 2 else SPEECH_TO_SPEECH
@@ -165,7 +175,7 @@ def _sft_records(q: Question, answer: str, tokens: list[int], audio: str, tts: t
         {"id": q.id, "task": SFT_TASK, "meta": meta, "messages": [
             {"role": "system", "content": spoken_prompt},
             {"role": "user", "audio": audio},
-            {"role": "assistant", "content": answer, "speech_tokens": tokens}]},
+            _spoken_answer(answer, tokens, word_starts)]},
         {"id": f"{q.id}:text", "task": TEXT_REPLY_TASK, "meta": meta, "messages": [
             {"role": "system", "content": SPEECH_TO_TEXT},
             {"role": "user", "audio": audio},
@@ -191,6 +201,7 @@ def build_speech_data(
     """
     from funaudiochat.training.ctc import load_ctc_records
     from funaudiochat.training.data import validate_jsonl
+    from funaudiochat.training.pacing import word_starts_from_audio
 
     if len(questions) < 2:
         raise ValueError(f"need at least 2 questions for preference pairs, got {len(questions)}")
@@ -204,6 +215,7 @@ def build_speech_data(
     tok_path = data / "answer_tokens.jsonl"
     tokens = read_token_cache(tok_path)
     sft, dpo, ctc = [], [], []
+    starts: dict[str, list[int] | None] = {}
     with tok_path.open("a", encoding="utf-8") as tok_file:
         for q in questions:
             name = _safe(q.id)
@@ -219,10 +231,13 @@ def build_speech_data(
                 tokens[q.id] = speech_tokenizer.encode(a_audio)
                 tok_file.write(json.dumps({"id": q.id, "tokens": tokens[q.id]}) + "\n")
                 tok_file.flush()
-            sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed)))
             # The answer's recording exists for its speech tokens; a cached-token rerun whose wav is gone
-            # re-speaks it deterministically.  It doubles the transcription material at no TTS cost.
-            _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
+            # re-speaks it deterministically.  It doubles the transcription material at no TTS cost, and
+            # gives the words' start frames for the paced text layout.
+            a_audio = _speak(engines, wav / f"{name}_a.wav", answers[q.id], ASSISTANT_ENGINE, ASSISTANT_VOICE, 1.0)
+            starts[q.id] = word_starts_from_audio(answers[q.id], a_audio, len(tokens[q.id]))
+            sft.extend(_sft_records(q, answers[q.id], tokens[q.id], f"wav/{name}_q.wav", (engine, voice, speed),
+                                    starts[q.id]))
             if answer_asr:
                 sft.append(_answer_asr_record(q, answers[q.id], f"wav/{name}_a.wav"))
             ctc += [{"id": f"{q.id}:{kind}", "audio": f"wav/{name}_{kind}.wav", "text": text}
@@ -235,8 +250,8 @@ def build_speech_data(
             "id": f"{q.id}:noisy", "task": DPO_TASK,
             "messages": [{"role": "system", "content": SPEECH_TO_SPEECH},
                          {"role": "user", "audio": f"wav/{_safe(q.id)}_q_noisy.wav"}],
-            "chosen": {"role": "assistant", "content": answers[q.id], "speech_tokens": tokens[q.id]},
-            "rejected": {"role": "assistant", "content": answers[other.id], "speech_tokens": tokens[other.id]},
+            "chosen": _spoken_answer(answers[q.id], tokens[q.id], starts[q.id]),
+            "rejected": _spoken_answer(answers[other.id], tokens[other.id], starts[other.id]),
             "meta": {"rejected_from": other.id},
         })
     out = SpeechData(data / "sft.jsonl", data / "dpo.jsonl", data / "ctc.jsonl", len(sft), len(dpo))

@@ -65,6 +65,7 @@ def tokenize_dataset(
 
     from funaudiochat.audio.io import load_audio
     from funaudiochat.training.data import load_jsonl
+    from funaudiochat.training.pacing import word_starts_from_audio
 
     in_path, out_path = Path(in_path), Path(out_path)
     root = Path(audio_root) if audio_root is not None else in_path.parent
@@ -91,14 +92,21 @@ def tokenize_dataset(
             if not wav.is_file():
                 raise FileNotFoundError(f"{in_path}:{number}: assistant audio not found: {wav}")
             entry = cache / f"{sha256_file(wav)}.json"
+            audio = None
             if entry.is_file():
                 tokens = json.loads(entry.read_text())
                 stats.cached += 1
             else:
-                tokens = [int(t) for t in tokenizer.encode(load_audio(wav))]
+                audio = load_audio(wav)
+                tokens = [int(t) for t in tokenizer.encode(audio)]
                 _write_atomic(entry, json.dumps(tokens))
                 stats.computed += 1
             turn["speech_tokens"] = tokens
+            if isinstance(turn.get("content"), str) and turn["content"].strip() and "word_starts" not in turn:
+                # for models with the paced text layout (training/pacing.py); others ignore it
+                starts = word_starts_from_audio(turn["content"], load_audio(wav) if audio is None else audio, len(tokens))
+                if starts is not None:
+                    turn["word_starts"] = starts
             del turn["audio"]
             stats.turns += 1
         stats.records += 1

@@ -103,6 +103,20 @@ def test_a_work_dir_made_with_another_adapter_is_refused(tmp_path):
         BuildConfig(speech_adapter="mlp")
 
 
+def test_a_work_dir_made_with_another_text_layout_is_refused(tmp_path):
+    import json
+
+    from funaudiochat.default_model.build import _init_stage
+
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps({"audio_config": {"continuous_adapter": "vocab_ctc"}}))
+    assert _init_stage(tmp_path, 0, "vocab_ctc", "ahead") == tmp_path / "init"  # before session 14: ahead
+    with pytest.raises(ValueError, match="made with the 'ahead' text layout, this build uses 'paced'"):
+        _init_stage(tmp_path, 0, "vocab_ctc", "paced")
+    with pytest.raises(ValueError, match="text_layout must be one of"):
+        BuildConfig(text_layout="late")
+
+
 def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embedding(tmp_path):
     data = tmp_path / "d"
     paths = _recipes(tmp_path, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl",

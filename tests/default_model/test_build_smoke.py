@@ -53,6 +53,9 @@ def test_smoke_build_outputs(smoke_build):
     dpo, errs = validate_jsonl(work / "data" / "dpo.jsonl", mode="dpo")
     assert not errs and {r.task for r in dpo} == {"robustness"}
     assert all(max(r.messages[-1].speech_tokens) < 1024 for r in sft if r.task == "spoken_qa")
+    # every spoken answer carries its words' start frames (estimated from its recording) for pacing
+    spoken = [r.messages[-1] for r in sft if r.task == "spoken_qa"] + [r.chosen for r in dpo]
+    assert all(len(m.word_starts) == len(m.content.split()) for m in spoken)
     for stage in ("ctc_alignment", "pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
         assert (work / "runs" / stage / "final" / "config.json").is_file()
         assert (work / "recipes" / f"{stage}.yaml").is_file()
@@ -104,6 +107,7 @@ def test_packaged_weights_reload_identically(smoke_build):
 
     model, tok = load_default_model(smoke_build.out_dir)
     assert not has_duplex(model) and model.config.duplex is None
+    assert model.config.text_layout == smoke_build.model.config.text_layout == "ahead"
     assert model.config.audio_config.codebook_size == 1028
     assert model.config.audio_config.bos_token_id == 1024
     ids = tok("What is the capital of France?", return_tensors="pt")["input_ids"]
@@ -161,6 +165,26 @@ def test_smoke_duplex_stage(smoke_build):
     assert has_duplex(model)
     sa, sb = model.state_dict(), res.model.state_dict()
     assert set(sa) == set(sb) and [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+
+
+@pytest.mark.slow
+def test_the_package_carries_the_text_layout(smoke_build, tmp_path):
+    """A paced model must be run by a paced engine: the layout travels in the manifest."""
+    import json
+    import shutil
+
+    from funaudiochat.default_model import load_default_model
+    from funaudiochat.default_model.package import MANIFEST
+
+    out = shutil.copytree(smoke_build.out_dir, tmp_path / "pkg")
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["applies_to"]["text_layout"] == "ahead"
+    manifest["applies_to"]["text_layout"] = "paced"
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert load_default_model(out)[0].config.text_layout == "paced"
+    del manifest["applies_to"]["text_layout"]  # packages before session 14
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert load_default_model(out)[0].config.text_layout == "ahead"
 
 
 def test_cli_registers_build_default():

@@ -45,6 +45,8 @@ def test_tokens_are_computed_once_and_cached(tmp_path):
     assert "audio" not in reply and len(reply["speech_tokens"]) == 25
     assert out[2]["messages"][1]["speech_tokens"] == reply["speech_tokens"]
     assert out[0]["messages"][0]["audio"] == "q.wav"  # user audio stays a wav
+    # noise is voiced throughout: "same file" gets its two 4-letter words half of the 25 frames each
+    assert reply["word_starts"] == [0] and out[2]["messages"][1]["word_starts"] == [0, 12]
     again = tokenize_dataset(src, tmp_path / "out2.jsonl", tok, tmp_path / "cache", progress=False)
     assert again.computed == 0 and tok.calls == 2
 
