@@ -1,0 +1,248 @@
+"""SRH-only comparison of the released ("ahead") and the paced text layout of spoken replies.
+
+Question: does the Speech Refined Head learn to say the reply when each text token is fed in the
+group where its speech starts (``funaudiochat/training/pacing.py``) instead of packed at the start?
+
+Procedure (CPU, about an hour on the 2-core machine; docs/default-model.md, session 14):
+
+1. ``cache``: for the spoken answers of a default-model build work dir, the backbone of a trained
+   model reads [system, typed question, spoken reply] once per layout; the SRH's inputs (state + text
+   embedding per 5 Hz position, previous and target speech token per 25 Hz frame) are cached.  The
+   hold-out is ``train_codec.heldout`` (1 in 8), the one the shipped detokenizer was fine-tuned
+   without, so the detokenizer has never seen the held-out answers either.
+2. ``train``: a freshly initialised SRH (the speech table it shares with the input side is kept) is
+   trained on one layout's rows with ``training/srh_refine.train_srh``; same seed, steps and rows.
+3. ``speak``: for held-out replies the head samples every speech token itself (the engine's speech
+   sampling), with the backbone states of the true reply (teacher forcing at 5 Hz only), and writes
+   a ``train_codec evaluate-extra`` manifest; that command gives the ASR-WER against the written answer.
+
+The backbone was trained on the ahead layout, so its states under the paced one are off its training
+distribution; the comparison therefore favours the ahead layout, if anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("srh_layout")
+
+
+def _items(work: Path, n_train: int, n_val: int) -> tuple[list[dict], list[dict]]:
+    from funaudiochat.audio.train_codec import heldout
+    from funaudiochat.default_model.speech_data import answer_recording, read_token_cache
+
+    tokens = read_token_cache(work / "data" / "answer_tokens.jsonl")
+    answers = {}
+    for line in (work / "answers.jsonl").read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            obj = json.loads(line)
+            answers[obj["id"]] = obj
+    train, val = [], []
+    for item_id in sorted(tokens):
+        a = answers.get(item_id)
+        wav = answer_recording(work, item_id)
+        if a is None or not wav.is_file():
+            continue
+        row = {"id": item_id, "question": a["question"], "answer": a["answer"], "tokens": tokens[item_id], "wav": wav}
+        (val if heldout(item_id, 8) else train).append(row)
+    return train[:n_train], val[:n_val]
+
+
+def _encode(processor, tokenizer, item: dict, layout: str):
+    import soundfile as sf
+
+    from funaudiochat.processing import Message
+    from funaudiochat.prompts import system_prompt
+    from funaudiochat.training.pacing import estimate_word_starts, paced_text_slots, token_start_frames, voiced_frames
+
+    msgs = [Message("system", text=system_prompt("s2s")), Message("user", text=item["question"]),
+            Message("assistant", text=item["answer"], speech_tokens=item["tokens"])]
+    ex = processor.encode(msgs)
+    if layout == "paced":
+        cfg = processor.config
+        k = cfg.audio_config.group_size
+        enc = tokenizer(item["answer"], add_special_tokens=False, return_offsets_mapping=True)
+        slot = ex.audio[0]
+        if list(enc.input_ids) != slot.text_ids:
+            raise RuntimeError(f"{item['id']}: offsets tokenisation differs from the processor's")
+        audio, sr = sf.read(item["wav"], dtype="float32")
+        starts = estimate_word_starts(item["answer"], voiced_frames(audio, sr)[: len(item["tokens"])])
+        frames = token_start_frames(item["answer"], enc.offset_mapping, starts)
+        slot.text_ids = paced_text_slots(slot.text_ids, frames, len(slot.speech_ids) // k, cfg.sil_id, k,
+                                         cfg.speech_delay // k)
+    return ex
+
+
+def cmd_cache(args) -> None:
+    from transformers import AutoTokenizer
+
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.processing import FunAudioChatProcessor
+    from funaudiochat.training.srh_refine import cache_rows
+
+    torch.set_num_threads(args.threads)
+    model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    processor = FunAudioChatProcessor(tokenizer, model.config)
+    train, val = _items(Path(args.work), args.n_train, args.n_val)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for layout in args.layouts:
+        for split, items in (("val", val), ("train", train)):
+            path = out / f"{layout}_{split}.pt"
+            if path.is_file():
+                continue
+            exs, ids = [], []
+            for it in items:
+                try:
+                    exs.append(_encode(processor, tokenizer, it, layout))
+                    ids.append(it["id"])
+                except ValueError as exc:  # a text longer than its recording's groups
+                    logger.warning("%s: skipped (%s)", it["id"], exc)
+            batches = (processor.collate(exs[i : i + 8]) for i in range(0, len(exs), 8))
+            rows = cache_rows(model, batches, args.context_groups, total=-(-len(exs) // 8))
+            torch.save({"ids": ids, "rows": [r.__dict__ for r in rows]}, path)
+            logger.info("%s: %d rows", path, len(rows))
+
+
+def _rows(path: Path):
+    from funaudiochat.training.srh_refine import SRHRow
+
+    obj = torch.load(path, weights_only=True)
+    return obj["ids"], [SRHRow(**r) for r in obj["rows"]]
+
+
+def _fresh_head(model, seed: int) -> None:
+    """Re-initialise the SRH except the output table it shares with the speech input side."""
+    torch.manual_seed(seed)
+    head = model.audio_invert_tower
+    table = head.lm_head.weight.detach().clone()
+    head.apply(model._init_weights)
+    with torch.no_grad():
+        head.lm_head.weight.copy_(table)
+
+
+def cmd_train(args) -> None:
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.training.srh_refine import evaluate_srh, train_srh
+
+    torch.set_num_threads(args.threads)
+    model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    _fresh_head(model, args.seed)
+    cache = Path(args.cache)
+    _, train = _rows(cache / f"{args.layout}_train.pt")
+    train = train[: args.max_rows] if args.max_rows else train  # the data-size check
+    _, val = _rows(cache / f"{args.layout}_val.pt")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    train_srh(model, train, args.steps, args.batch_size, args.lr_max, args.lr_min, seed=args.seed, val_rows=val,
+              eval_every=max(args.steps // 10, 1), metrics_path=out / "metrics.jsonl")
+    final = evaluate_srh(model, val)
+    torch.save(model.audio_invert_tower.state_dict(), out / "srh.pt")
+    (out / "summary.json").write_text(json.dumps({"layout": args.layout, "train_rows": len(train), "val_rows": len(val),
+                                                  "steps": args.steps, "held_out": final}, indent=2) + "\n")
+    print(json.dumps({"layout": args.layout, **final}))
+
+
+def _speak_row(model, row, sampling, generator) -> list[int]:
+    """Sample every speech frame of one cached row; the 5 Hz conditions stay those of the true reply."""
+    from funaudiochat.generation.sampling import sample_speech_token
+
+    cfg = model.config.audio_config
+    k, ignore = model.group_size, model.config.ignore_index
+    conditions = model.audio_invert_tower.condition(row.conditions.float()[None], torch.zeros_like(row.conditions.float()[None]))
+    spoken_at = torch.nonzero(row.targets != ignore).flatten()
+    first = int(spoken_at[0])
+    prev = row.prev.clone()
+    out: list[int] = []
+    cache = None
+    banned = torch.tensor([cfg.pad_token_id], dtype=torch.long)
+    for t in range(conditions.shape[1]):
+        logits, cache = model.audio_invert_tower(conditions[:, t : t + 1], prev[None, t : t + 1], cache=cache,
+                                                 use_cache=True, position_ids=torch.tensor([[t]]))
+        if t < first:
+            continue
+        tok = sample_speech_token(logits[0, -1], sampling, generator, out, banned)
+        if tok == cfg.eos_token_id:
+            break
+        if t + 1 < prev.numel():
+            prev[t + 1] = tok
+        if tok < cfg.bos_token_id:
+            out.append(tok)
+    return out
+
+
+def cmd_speak(args) -> None:
+    from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    if args.run:
+        model.audio_invert_tower.load_state_dict(torch.load(Path(args.run) / "srh.pt", weights_only=True))
+    ids, rows = _rows(Path(args.cache) / f"{args.layout}_val.pt")
+    # the same replies for every layout: those that both layouts could lay out
+    for other in ("ahead", "paced"):
+        keep = set(_rows(Path(args.cache) / f"{other}_val.pt")[0])
+        rows = [r for i, r in zip(ids, rows) if i in keep]
+        ids = [i for i in ids if i in keep]
+    _, val = _items(Path(args.work), 0, 10**9)
+    by_id = {v["id"]: v for v in val}
+    generator = torch.Generator().manual_seed(args.seed)
+    lines = []
+    with torch.no_grad():
+        for item_id, row in list(zip(ids, rows))[: args.n]:
+            it = by_id[item_id]
+            tokens = it["tokens"] if args.truth else _speak_row(model, row, DEFAULT_SPEECH_SAMPLING, generator)
+            lines.append(json.dumps({"audio": str(Path(it["wav"]).resolve()), "voice": "joe", "text": it["answer"], "tokens": tokens}))
+    Path(args.manifest).write_text("\n".join(lines) + "\n")
+    logger.info("wrote %d utterances to %s", len(lines), args.manifest)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cache")
+    c.add_argument("--work", required=True)
+    c.add_argument("--model", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--n-train", type=int, default=600)
+    c.add_argument("--n-val", type=int, default=60)
+    c.add_argument("--layouts", nargs="+", default=["ahead", "paced"])
+    c.add_argument("--context-groups", type=int, default=4)
+    t = sub.add_parser("train")
+    t.add_argument("--model", required=True)
+    t.add_argument("--cache", required=True)
+    t.add_argument("--layout", required=True, choices=["ahead", "paced"])
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=1200)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr-max", type=float, default=1e-3)
+    t.add_argument("--lr-min", type=float, default=1e-4)
+    t.add_argument("--max-rows", type=int, default=None, help="train on the first N cached rows only")
+    s = sub.add_parser("speak")
+    s.add_argument("--model", required=True)
+    s.add_argument("--work", required=True)
+    s.add_argument("--cache", required=True)
+    s.add_argument("--layout", required=True, choices=["ahead", "paced"])
+    s.add_argument("--run", help="a train output folder (srh.pt); not needed with --truth")
+    s.add_argument("--truth", action="store_true", help="write the replies' true speech tokens (the codec's ceiling)")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--n", type=int, default=40)
+    for q in (c, t, s):
+        q.add_argument("--threads", type=int, default=2)
+        q.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    {"cache": cmd_cache, "train": cmd_train, "speak": cmd_speak}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
