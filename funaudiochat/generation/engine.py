@@ -167,10 +167,12 @@ class Turn:
             device=dev,
         )
         # ...and may not end before it has said a word: a spoken turn always has written text.  In the
-        # paced layout <|sil|> is a pause between words (and usually the first slot), not the text's end.
+        # paced layout <|sil|> is a pause between words, not the text's end, and the first word sits one
+        # group before its speech: the first slots (the speech delay) may pause, later ones may not.
         self.paced = cfg.text_layout == "paced"
-        silent_ban = {self.im_end} if self.paced else {cfg.sil_id, self.im_end}
-        self.ban_speaking_silent = torch.tensor(sorted({*self.ban_speaking.tolist(), *silent_ban}), device=dev)
+        self.ban_speaking_silent = torch.tensor(sorted({*self.ban_speaking.tolist(), cfg.sil_id, self.im_end}), device=dev)
+        self.ban_speaking_pause = torch.tensor(sorted({*self.ban_speaking.tolist(), self.im_end}), device=dev)
+        self.pause_slots = cfg.speech_delay // self.k if self.paced else 0
         self.text_end_ids = (self.im_end,) if self.paced else (cfg.sil_id, self.im_end)
         self.ban_text = torch.tensor(sorted(set(self.audio_specials)), device=dev)
         self.ban_speech = torch.tensor([a.bos_token_id, a.pad_token_id], device=dev)
@@ -341,8 +343,10 @@ class Turn:
             elif row.speaking and row.text_ended:
                 text[i] = self.cfg.sil_id
             else:
-                if row.speaking:
-                    ban = self.ban_speaking if row.visible else self.ban_speaking_silent
+                if row.speaking and row.visible:
+                    ban = self.ban_speaking
+                elif row.speaking:
+                    ban = self.ban_speaking_pause if row.steps < self.pause_slots else self.ban_speaking_silent
                 else:
                     ban = self.ban_text
                 previous = torch.tensor(row.fed_text, dtype=torch.long, device=dev)

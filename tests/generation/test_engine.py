@@ -312,6 +312,8 @@ def test_paced_model_pauses_with_sil_and_ends_text_only_with_im_end():
     assert paused[3] == cfg.sil_id and any(t != cfg.sil_id for t in paused[4:])  # the text goes on
     ended = fed_text(im_end, 3)
     assert ended[3:] == [cfg.sil_id] * (len(ended) - 3)  # <|im_end|> still ends it, fed as <|sil|>
-    # before the first word a pause is allowed (the paced layout's first slot) but not the text's end
-    assert fed_text(cfg.sil_id, "first")[0] == cfg.sil_id
+    # before the first word the slots of the speech delay may pause (the paced layout puts the first
+    # word one group before its speech); after them a word must come, and the text may never end first
+    pausing = fed_text(cfg.sil_id, "first")
+    assert pausing[:2] == [cfg.sil_id] * 2 and pausing[2] != cfg.sil_id
     assert fed_text(im_end, "first")[0] != cfg.sil_id
