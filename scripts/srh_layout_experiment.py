@@ -16,6 +16,9 @@ Procedure (CPU, about an hour on the 2-core machine; docs/default-model.md, sess
    sampling), with the backbone states of the true reply (teacher forcing at 5 Hz only), and writes
    a ``train_codec evaluate-extra`` manifest; that command gives the ASR-WER against the written answer.
 
+``extra`` makes more assistant-voice material (the build's vocabulary sentences read aloud in joe's
+voice), ``cache --extra`` caches it, ``train --extra-rows`` adds it; ``plot`` draws the runs' curves.
+
 The backbone was trained on the ahead layout, so its states under the paced one are off its training
 distribution; the comparison therefore favours the ahead layout, if anything.
 """
@@ -79,6 +82,47 @@ def _encode(processor, tokenizer, item: dict, layout: str):
     return ex
 
 
+#: The typed prompt of an extra sentence: the assistant reads it out (the SRH learns text -> speech).
+READ_ALOUD = "Please read this sentence aloud: {text}"
+
+
+def cmd_extra(args) -> None:
+    """Assistant-voice (piper joe) sentences from the build's vocabulary pool, for more SRH material.
+
+    The pool's piper recordings are reused; ``--synthesize N`` speaks N more of its other sentences in
+    joe's voice.  Tokens come from the shipped tokenizer, as the build's own answers' do.
+    """
+    import soundfile as sf
+
+    from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+    from funaudiochat.default_model.speech_data import TTSEngines
+
+    torch.set_num_threads(args.threads)
+    data = Path(args.work) / "data"
+    pool = [json.loads(x) for x in (data / "ctc_vocab.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
+    joe = [r for r in pool if r["tts"]["engine"] == "piper"]
+    other = [r for r in pool if r["tts"]["engine"] != "piper"][: args.synthesize]
+    out = Path(args.out)
+    (out / "wav").mkdir(parents=True, exist_ok=True)
+    tokenizer = KMeansSpeechTokenizer.from_pretrained()
+    piper = TTSEngines().get("piper") if other else None
+    lines = []
+    for r in joe + other:
+        if r in joe:
+            wav = (data / r["audio"]).resolve()
+            audio, _ = sf.read(wav, dtype="float32")
+        else:
+            wav = (out / "wav" / (r["id"].replace(":", "_").replace("#", "_") + ".wav")).resolve()
+            if not wav.is_file():
+                audio, sr = piper.synthesize(r["text"], voice="joe", speed=1.0)
+                sf.write(wav, audio, sr)
+            audio, _ = sf.read(wav, dtype="float32")
+        lines.append(json.dumps({"id": r["id"], "question": READ_ALOUD.format(text=r["text"]), "answer": r["text"],
+                                 "tokens": [int(t) for t in tokenizer.encode(audio)], "wav": str(wav)}))
+    (out / "extra.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    logger.info("%d extra sentences (%d recorded by the build, %d synthesized)", len(lines), len(joe), len(other))
+
+
 def cmd_cache(args) -> None:
     from transformers import AutoTokenizer
 
@@ -91,10 +135,14 @@ def cmd_cache(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     processor = FunAudioChatProcessor(tokenizer, model.config)
     train, val = _items(Path(args.work), args.n_train, args.n_val)
+    splits = [("val", val), ("train", train)]
+    if args.extra:
+        extra = [json.loads(x) for x in Path(args.extra).read_text(encoding="utf-8").split("\n") if x.strip()]
+        splits = [("extra", extra)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for layout in args.layouts:
-        for split, items in (("val", val), ("train", train)):
+        for split, items in splits:
             path = out / f"{layout}_{split}.pt"
             if path.is_file():
                 continue
@@ -138,6 +186,8 @@ def cmd_train(args) -> None:
     cache = Path(args.cache)
     _, train = _rows(cache / f"{args.layout}_train.pt")
     train = train[: args.max_rows] if args.max_rows else train  # the data-size check
+    if args.extra_rows:
+        train = train + _rows(cache / f"{args.layout}_extra.pt")[1]
     _, val = _rows(cache / f"{args.layout}_val.pt")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +256,32 @@ def cmd_speak(args) -> None:
     logger.info("wrote %d utterances to %s", len(lines), args.manifest)
 
 
+def cmd_plot(args) -> None:
+    """Held-out loss and accuracy by step of several ``train`` runs, side by side (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for spec in args.runs:
+        folder, _, label = spec.partition("=")
+        rows = [json.loads(x) for x in (Path(folder) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if "val_loss" in r]
+        steps = [r["step"] for r in rows]
+        loss_ax.plot(steps, [r["val_loss"] for r in rows], marker="o", label=label or folder)
+        acc_ax.plot(steps, [100 * r["val_accuracy"] for r in rows], marker="o", label=label or folder)
+    for ax, what in ((loss_ax, "held-out loss (nats)"), (acc_ax, "held-out top-1 accuracy (%)")):
+        ax.set_xlabel("step (16 rows)")
+        ax.set_ylabel(what)
+    loss_ax.set_title("SRH held-out loss")
+    acc_ax.set_title("SRH held-out accuracy")
+    loss_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    logger.info("wrote %s", args.out)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -217,6 +293,11 @@ def main(argv=None) -> None:
     c.add_argument("--n-val", type=int, default=60)
     c.add_argument("--layouts", nargs="+", default=["ahead", "paced"])
     c.add_argument("--context-groups", type=int, default=4)
+    c.add_argument("--extra", help="cache an `extra` file's sentences (as <layout>_extra.pt) instead of the build's replies")
+    x = sub.add_parser("extra")
+    x.add_argument("--work", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--synthesize", type=int, default=0, help="speak this many more pool sentences in joe's voice")
     t = sub.add_parser("train")
     t.add_argument("--model", required=True)
     t.add_argument("--cache", required=True)
@@ -227,6 +308,7 @@ def main(argv=None) -> None:
     t.add_argument("--lr-max", type=float, default=1e-3)
     t.add_argument("--lr-min", type=float, default=1e-4)
     t.add_argument("--max-rows", type=int, default=None, help="train on the first N cached rows only")
+    t.add_argument("--extra-rows", action="store_true", help="also train on the cached extra sentences")
     s = sub.add_parser("speak")
     s.add_argument("--model", required=True)
     s.add_argument("--work", required=True)
@@ -236,12 +318,15 @@ def main(argv=None) -> None:
     s.add_argument("--truth", action="store_true", help="write the replies' true speech tokens (the codec's ceiling)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--n", type=int, default=40)
-    for q in (c, t, s):
+    g = sub.add_parser("plot")
+    g.add_argument("runs", nargs="+", help="FOLDER=label of each train run")
+    g.add_argument("--out", required=True)
+    for q in (c, t, s, x):
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    {"cache": cmd_cache, "train": cmd_train, "speak": cmd_speak}[args.cmd](args)
+    {"extra": cmd_extra, "cache": cmd_cache, "train": cmd_train, "speak": cmd_speak, "plot": cmd_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":

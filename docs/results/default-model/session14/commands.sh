@@ -28,3 +28,19 @@ python $E speak --model build/s12-pkg-model --work build/s12 --cache $P/cache --
 for m in truth speak_ahead speak_paced; do
   python -m funaudiochat.audio.train_codec evaluate-extra --manifest $P/$m.jsonl --n 40 --report $P/eval_$m.json
 done
+# 5. More material: the build's 521 vocabulary sentences recorded in joe's voice plus 600 more of the
+#    pool spoken by piper joe (4 min), each as [system, "Please read this sentence aloud: X", spoken X];
+#    cached in the paced layout (1,116 fit) and added to the paced run's rows.
+python $E extra --work build/s12 --out $P/extra --synthesize 600
+python $E cache --work build/s12 --model build/s12-pkg-model --out $P/cache --layouts paced --extra $P/extra/extra.jsonl
+python $E train --model build/s12-pkg-model --cache $P/cache --layout paced --out $P/run_paced_extra --steps 600 \
+  --extra-rows --threads 2
+python $E speak --model build/s12-pkg-model --work build/s12 --cache $P/cache --layout paced --run $P/run_paced_extra \
+  --manifest $P/speak_paced_extra.jsonl --n 40
+python -m funaudiochat.audio.train_codec evaluate-extra --manifest $P/speak_paced_extra.jsonl --n 40 \
+  --report $P/eval_speak_paced_extra.json
+# 6. The chart (docs/results/default-model/session14/srh_heldout.png).
+D=docs/results/default-model/session14
+python $E plot "$P/run_ahead=ahead (released), 1,200 replies" "$P/run_paced=paced, 1,144 replies" \
+  "$P/run_paced_half=paced, 572 replies" "$P/run_paced_extra=paced, 1,144 replies + 1,116 read-aloud sentences" \
+  --out $D/srh_heldout.png
