@@ -123,7 +123,8 @@ def add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
         "tokenize-data",
         help="compute (and cache) speech tokens of the spoken assistant replies in a training JSONL",
         description="Reads a training JSONL whose assistant turns have 'audio' (wav paths), writes one whose "
-        "assistant turns have 'speech_tokens' instead. Each distinct wav is tokenized once; results are "
+        "assistant turns have 'speech_tokens' instead (and 'word_starts' estimated from the recording, for "
+        "models with the paced text layout). Each distinct wav is tokenized once; results are "
         "cached by content hash and tokenizer, so re-runs and interrupted runs redo nothing.",
     )
     p.add_argument("input", type=Path, help="JSONL with assistant 'audio' fields")
