@@ -336,10 +336,9 @@ def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "
     init = work / "init"
     if (init / "config.json").is_file():
         config = json.loads((init / "config.json").read_text())
-        found = {"speech adapter": config["audio_config"].get("continuous_adapter", "linear"),
-                 "text layout": config.get("text_layout", "ahead")}
-        for what, value in found.items():
-            wanted = speech_adapter if what == "speech adapter" else text_layout
+        made_with = {"speech adapter": (config["audio_config"].get("continuous_adapter", "linear"), speech_adapter),
+                     "text layout": (config.get("text_layout", "ahead"), text_layout)}
+        for what, (value, wanted) in made_with.items():
             if value != wanted:
                 raise ValueError(
                     f"{init} was made with the {value!r} {what}, this build uses {wanted!r}; every stage after "
