@@ -29,7 +29,7 @@ for m in truth speak_ahead speak_paced; do
   python -m funaudiochat.audio.train_codec evaluate-extra --manifest $P/$m.jsonl --n 40 --report $P/eval_$m.json
 done
 # 5. More material: the build's 521 vocabulary sentences recorded in joe's voice plus 600 more of the
-#    pool spoken by piper joe (4 min), each as [system, "Please read this sentence aloud: X", spoken X];
+#    pool spoken by piper joe (5.5 min with tokenizing), each as [system, "Please read this sentence aloud: X", spoken X];
 #    cached in the paced layout (1,116 fit) and added to the paced run's rows.
 python $E extra --work build/s12 --out $P/extra --synthesize 600
 python $E cache --work build/s12 --model build/s12-pkg-model --out $P/cache --layouts paced --extra $P/extra/extra.jsonl
