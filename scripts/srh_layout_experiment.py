@@ -26,6 +26,7 @@ distribution; the comparison therefore favours the ahead layout, if anything.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -57,29 +58,30 @@ def _items(work: Path, n_train: int, n_val: int) -> tuple[list[dict], list[dict]
     return train[:n_train], val[:n_val]
 
 
-def _encode(processor, tokenizer, item: dict, layout: str):
+def _encode(processor, item: dict):
+    """One conversation, laid out by ``processor`` (a paced processor paces the reply by its recording).
+
+    A reply with more text tokens than speech groups is refused here (ValueError) rather than left to
+    the processor's truncating fallback, so that each layout's cache holds only replies laid out as named.
+    """
     import soundfile as sf
 
     from funaudiochat.processing import Message
     from funaudiochat.prompts import system_prompt
-    from funaudiochat.training.pacing import estimate_word_starts, paced_text_slots, token_start_frames, voiced_frames
+    from funaudiochat.training.pacing import word_starts_from_audio
 
-    msgs = [Message("system", text=system_prompt("s2s")), Message("user", text=item["question"]),
-            Message("assistant", text=item["answer"], speech_tokens=item["tokens"])]
-    ex = processor.encode(msgs)
-    if layout == "paced":
-        cfg = processor.config
+    cfg = processor.config
+    starts = None
+    if cfg.text_layout == "paced":
         k = cfg.audio_config.group_size
-        enc = tokenizer(item["answer"], add_special_tokens=False, return_offsets_mapping=True)
-        slot = ex.audio[0]
-        if list(enc.input_ids) != slot.text_ids:
-            raise RuntimeError(f"{item['id']}: offsets tokenisation differs from the processor's")
+        n_text, n_groups = len(processor.text(item["answer"])), -(-(cfg.speech_delay + len(item["tokens"])) // k)
+        if n_text > n_groups:
+            raise ValueError(f"{n_text} text tokens do not fit in {n_groups} speech groups")
         audio, sr = sf.read(item["wav"], dtype="float32")
-        starts = estimate_word_starts(item["answer"], voiced_frames(audio, sr)[: len(item["tokens"])])
-        frames = token_start_frames(item["answer"], enc.offset_mapping, starts)
-        slot.text_ids = paced_text_slots(slot.text_ids, frames, len(slot.speech_ids) // k, cfg.sil_id, k,
-                                         cfg.speech_delay // k)
-    return ex
+        starts = word_starts_from_audio(item["answer"], audio, len(item["tokens"]), sr)
+    msgs = [Message("system", text=system_prompt("s2s")), Message("user", text=item["question"]),
+            Message("assistant", text=item["answer"], speech_tokens=item["tokens"], word_starts=starts)]
+    return processor.encode(msgs)
 
 
 #: The typed prompt of an extra sentence: the assistant reads it out (the SRH learns text -> speech).
@@ -107,8 +109,8 @@ def cmd_extra(args) -> None:
     tokenizer = KMeansSpeechTokenizer.from_pretrained()
     piper = TTSEngines().get("piper") if other else None
     lines = []
-    for r in joe + other:
-        if r in joe:
+    for r, recorded in [(r, True) for r in joe] + [(r, False) for r in other]:
+        if recorded:
             wav = (data / r["audio"]).resolve()
             audio, _ = sf.read(wav, dtype="float32")
         else:
@@ -133,7 +135,10 @@ def cmd_cache(args) -> None:
     torch.set_num_threads(args.threads)
     model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    processor = FunAudioChatProcessor(tokenizer, model.config)
+    # the backbone reads text_ids as given, so one model serves both layouts; only the processor differs
+    paced = copy.deepcopy(model.config)
+    paced.text_layout = "paced"
+    processors = {"ahead": FunAudioChatProcessor(tokenizer, model.config), "paced": FunAudioChatProcessor(tokenizer, paced)}
     train, val = _items(Path(args.work), args.n_train, args.n_val)
     splits = [("val", val), ("train", train)]
     if args.extra:
@@ -149,11 +154,11 @@ def cmd_cache(args) -> None:
             exs, ids = [], []
             for it in items:
                 try:
-                    exs.append(_encode(processor, tokenizer, it, layout))
+                    exs.append(_encode(processors[layout], it))
                     ids.append(it["id"])
                 except ValueError as exc:  # a text longer than its recording's groups
                     logger.warning("%s: skipped (%s)", it["id"], exc)
-            batches = (processor.collate(exs[i : i + 8]) for i in range(0, len(exs), 8))
+            batches = (processors[layout].collate(exs[i : i + 8]) for i in range(0, len(exs), 8))
             rows = cache_rows(model, batches, args.context_groups, total=-(-len(exs) // 8))
             torch.save({"ids": ids, "rows": [r.__dict__ for r in rows]}, path)
             logger.info("%s: %d rows", path, len(rows))
@@ -206,7 +211,7 @@ def _speak_row(model, row, sampling, generator) -> list[int]:
     from funaudiochat.generation.sampling import sample_speech_token
 
     cfg = model.config.audio_config
-    k, ignore = model.group_size, model.config.ignore_index
+    ignore = model.config.ignore_index
     conditions = model.audio_invert_tower.condition(row.conditions.float()[None], torch.zeros_like(row.conditions.float()[None]))
     spoken_at = torch.nonzero(row.targets != ignore).flatten()
     first = int(spoken_at[0])
