@@ -33,6 +33,7 @@ import torch
 
 from funaudiochat.default_model import package as pkg
 from funaudiochat.default_model.questions import read_questions, training_questions, write_questions
+from funaudiochat.default_model.read_aloud import READ_ALOUD_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ class BuildConfig:
     #: Off by default: on the CPU build's data it lowered the held-out speech loss only from 5.52 to
     #: 5.23 (at 400 steps; it overfits after), see docs/default-model.md.
     srh: SRHRefineSpec | None = None
+    #: Read-aloud turns (:mod:`funaudiochat.default_model.read_aloud`: typed sentence -> spoken in the
+    #: assistant voice) added to the SFT data of pre-alignment and both Core-Cocktail stages, and to the
+    #: SRH stage's rows.  0 (none) by default: session 14 measured their gain on the SRH alone
+    #: (docs/default-model.md), no full build has used them yet.
+    read_aloud: int = 0
 
     def __post_init__(self) -> None:
         from funaudiochat.config import ADAPTER_MODES, TEXT_LAYOUTS
@@ -142,6 +148,8 @@ class BuildConfig:
             raise ValueError(f"speech_adapter must be one of {ADAPTER_MODES}, got {self.speech_adapter!r}")
         if self.text_layout not in TEXT_LAYOUTS:
             raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {self.text_layout!r}")
+        if self.read_aloud < 0:
+            raise ValueError(f"read_aloud must be >= 0, got {self.read_aloud}")
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -152,6 +160,7 @@ class BuildConfig:
         cfg.stages["pre_alignment"].max_steps = 3
         cfg.ctc.max_steps, cfg.ctc.batch_size = 2, 2
         cfg.vocab_sentences = 4
+        cfg.read_aloud = 2
         cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1)
         return cfg
 
@@ -261,7 +270,8 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
 
 
 def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: bool = True,
-                  ctc: Path | list[Path] | None = None, original_vocab: int | None = None) -> dict[str, Path]:
+                  ctc: Path | list[Path] | None = None, original_vocab: int | None = None,
+                  read_aloud: Path | None = None) -> dict[str, Path]:
     """One YAML recipe per stage (checked by the recipe schema on load).
 
     ``merge=False`` writes the ablation that skips the Core-Cocktail merge: stage 2 continues from
@@ -270,6 +280,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     ``vocab_ctc`` adapter the speech CTC stage (data ``ctc``, one file or several) comes first and
     pre-alignment starts from it; with ``cfg.freeze_speech_in`` every later stage keeps that path frozen.
     With ``cfg.train_new_tokens`` the stages after it train the embedding rows from ``original_vocab`` on.
+    ``read_aloud`` (the read-aloud turns) joins the SFT data of every stage but DPO.
     """
     import yaml
 
@@ -290,7 +301,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     out = {}
     for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
         r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"},
-                    dpo if name == "dpo" else sft, out_runs / name, cfg.seed + i, name == "dpo", frozen=frozen,
+                    dpo if name == "dpo" else [sft, read_aloud] if read_aloud else sft, out_runs / name, cfg.seed + i, name == "dpo", frozen=frozen,
                     new_token_rows=rows)
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
@@ -327,6 +338,21 @@ def _vocab_stage(benchdata: str | Path | None, ctc: Path, work: Path, n: int) ->
 
     known = [json.loads(line)["text"] for line in ctc.read_text(encoding="utf-8").split("\n") if line.strip()]
     return build_vocab_speech(benchdata, known, work, n)
+
+
+def _read_aloud_stage(benchdata: str | Path | None, work: Path, n: int) -> Path | None:
+    """Read-aloud turns of pool sentences that the CTC vocabulary set did not already speak."""
+    from funaudiochat.default_model.read_aloud import build_read_aloud
+
+    vocab = work / "data" / "ctc_vocab.jsonl"
+    lines = vocab.read_text(encoding="utf-8").split("\n") if vocab.is_file() else []
+    return build_read_aloud(benchdata, [json.loads(x)["text"] for x in lines if x.strip()], work, n)
+
+
+def read_aloud_data(work: Path, cfg: BuildConfig) -> Path | None:
+    """The build's read-aloud turns when it made any (``cfg.read_aloud`` > 0 and a pool was found)."""
+    path = work / "data" / "read_aloud.jsonl"
+    return path if cfg.read_aloud and path.is_file() else None
 
 
 def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead") -> Path:
@@ -382,8 +408,11 @@ def final_model_dir(work: Path) -> Path:
     return srh if (srh / "config.json").is_file() else work / "runs" / "dpo" / "final"
 
 
-def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int) -> None:
-    """Train the SRH alone on the DPO model's cached states for the spoken replies (spoken_qa records)."""
+def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | None = None) -> None:
+    """Train the SRH alone on the DPO model's cached states for the spoken replies.
+
+    Those are the ``spoken_qa`` records, plus every read-aloud turn of ``read_aloud`` when given.
+    """
     from transformers import AutoTokenizer
 
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
@@ -398,7 +427,8 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int) -> None:
     start = work / "runs" / "dpo" / "final"
     model = FunAudioChatForConditionalGeneration.from_pretrained(start, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(start)
-    records = [r for r in load_records([work / "data" / "sft.jsonl"], "sft", work / "data") if r[1].task == "spoken_qa"]
+    files = [work / "data" / "sft.jsonl"] + ([read_aloud] if read_aloud else [])
+    records = [r for r in load_records(files, "sft", work / "data") if r[1].task in ("spoken_qa", READ_ALOUD_TASK)]
     dataset = ConversationDataset(records, FunAudioChatProcessor(tokenizer, model.config), "sft")
     collate = SFTCollator(dataset.processor)
     batches = (collate([dataset[j] for j in range(i, min(i + 8, len(dataset)))]) for i in range(0, len(dataset), 8))
@@ -478,8 +508,10 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     if cfg.speech_adapter == "vocab_ctc" and cfg.vocab_sentences:
         vocab = timer.run("vocab_sentences", _vocab_stage, benchdata, data.ctc, work, cfg.vocab_sentences)
         ctc += [vocab] if vocab is not None else []
+    read = timer.run("read_aloud", _read_aloud_stage, benchdata, work, cfg.read_aloud) if cfg.read_aloud else None
     init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout)
-    recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init))
+    recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init),
+                            read_aloud=read)
     if CTC_STAGE in recipes:
         timer.run(CTC_STAGE, _train_stage, recipes[CTC_STAGE])
     for name in STAGES[:2]:
@@ -488,7 +520,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     for name in STAGES[2:]:
         timer.run(name, _train_stage, recipes[name])
     if cfg.srh is not None:
-        timer.run(SRH_STAGE, _srh_stage, work, cfg.srh, cfg.seed + len(STAGES))
+        timer.run(SRH_STAGE, _srh_stage, work, cfg.srh, cfg.seed + len(STAGES), read)
     result = timer.run("package", _package_stage, work, out, cfg, timer.times)
     if duplex:
         from funaudiochat.default_model.duplex_build import run_duplex_build
@@ -509,7 +541,7 @@ def run_no_merge_ablation(work_dir: str | Path, config: BuildConfig | None = Non
         raise FileNotFoundError(f"{work}: no finished Core-Cocktail stage 1; run build-default with this work dir first")
     data = work / "data"
     recipes = write_recipes(work, cfg, data / "sft.jsonl", data / "dpo.jsonl", merge=False,
-                            original_vocab=_original_vocab(work / "init"))
+                            original_vocab=_original_vocab(work / "init"), read_aloud=read_aloud_data(work, cfg))
     timer = _Timer(work / "timings_nomerge.json")
     for name in STAGES[2:]:
         timer.run(name, _train_stage, recipes[name])

@@ -59,6 +59,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --vocab-sentences must be >= 0, got {args.vocab_sentences}")
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.vocab_sentences = args.vocab_sentences
+    if args.read_aloud is not None:
+        if args.read_aloud < 0:
+            raise SystemExit(f"error: --read-aloud must be >= 0, got {args.read_aloud}")
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.read_aloud = args.read_aloud
     if args.no_freeze_speech_in:
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.freeze_speech_in = False
@@ -116,6 +121,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-sentences", type=int, default=None, metavar="N",
                    help="extra CTC recordings: N benchmark dev sentences chosen for the words the training "
                    "transcripts lack (default: 2000, 4 with --smoke; 0: none; vocab_ctc only)")
+    p.add_argument("--read-aloud", type=int, default=None, metavar="N",
+                   help="N read-aloud turns (a typed sentence spoken back in the assistant voice, piper joe) "
+                   "added to the SFT stages and the SRH stage: more speech-out material (default: 0, 2 with "
+                   "--smoke; docs/default-model.md)")
     p.add_argument("--no-freeze-speech-in", action="store_true",
                    help="let the stages after the CTC stage train the encoder and the CTC readout too "
                    "(session 6's recipe; the default freezes them, docs/default-model.md)")

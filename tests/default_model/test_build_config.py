@@ -1,5 +1,7 @@
 """Build presets: the GPU preset's stage sizes, and the recipes they write validate."""
 
+from pathlib import Path
+
 import pytest
 
 from funaudiochat.cli import main
@@ -62,6 +64,7 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
     (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
+    (["--read-aloud", "-2"], "--read-aloud must be >= 0, got -2"),
 ])
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -149,3 +152,16 @@ def test_train_new_tokens_makes_the_stages_after_ctc_train_the_added_token_rows(
     assert [load_recipe(off[n]).train.new_token_rows for n in STAGES] == [None] * len(STAGES)
     with pytest.raises(ValueError, match="train_new_tokens needs the backbone's original vocabulary size"):
         write_recipes(tmp_path / "x", on, data / "s", data / "p", ctc=data / "c")
+
+
+def test_read_aloud_turns_join_the_sft_stages_but_not_dpo_or_ctc(tmp_path):
+    data = tmp_path / "d"
+    assert BuildConfig().read_aloud == 0 and BuildConfig.gpu().read_aloud == 0 and BuildConfig.smoke().read_aloud == 2
+    with pytest.raises(ValueError, match="read_aloud must be >= 0, got -1"):
+        BuildConfig(read_aloud=-1)
+    paths = _recipes(tmp_path / "on", BuildConfig(read_aloud=5), data / "s", data / "p", ctc=data / "c",
+                     read_aloud=data / "r")
+    trains = {n: [Path(f) for f in load_recipe(paths[n]).data.train] for n in (CTC_STAGE, *STAGES)}
+    assert trains == {CTC_STAGE: [data / "c"], "pre_alignment": [data / "s", data / "r"],
+                      "core_cocktail_stage1": [data / "s", data / "r"], "core_cocktail_stage2": [data / "s", data / "r"],
+                      "dpo": [data / "p"]}

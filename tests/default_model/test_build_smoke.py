@@ -86,11 +86,24 @@ def test_smoke_build_outputs(smoke_build):
         assert ctc_recipe["data"]["train"] == [str(work / "data" / "ctc.jsonl"), str(work / "data" / "ctc_vocab.jsonl")]
     else:
         assert ctc_recipe["data"]["train"] == [str(work / "data" / "ctc.jsonl")]
+    # 2 read-aloud turns of pool sentences the CTC set did not speak, in the SFT stages' data and the SRH's
+    read = work / "data" / "read_aloud.jsonl"
+    if BENCHDATA.is_dir():
+        turns, errs = validate_jsonl(read, mode="sft")
+        assert not errs and len(turns) == 2 and {r.task for r in turns} == {"read_aloud"}
+        assert not {r.messages[-1].content.lower() for r in turns} & {r.text.lower() for r in vocab}
+        assert all(len(r.messages[-1].word_starts) == len(r.messages[-1].content.split()) for r in turns)
+        for stage in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2"):
+            recipe = yaml.safe_load((work / "recipes" / f"{stage}.yaml").read_text())
+            assert recipe["data"]["train"] == [str(work / "data" / "sft.jsonl"), str(read)]
+    else:
+        assert not read.exists()
     assert (work / "runs" / "merged" / "merge_info.json").is_file()
-    assert set(smoke_build.timings) >= {"answers", "speech_data", "ctc_alignment", "dpo", "srh_refine", "package"}
-    # the SRH stage: 4 replies cached, 1 held out, 2 steps logged; only the head differs from DPO's model
+    assert set(smoke_build.timings) >= {"answers", "speech_data", "read_aloud", "ctc_alignment", "dpo", "srh_refine", "package"}
+    # the SRH stage: 4 replies (+ 2 read-aloud turns) cached, 1 held out, 2 steps logged; only the head
+    # differs from DPO's model
     srh = json.loads((work / "runs" / "srh_refine" / "final" / "srh_refine.json").read_text())
-    assert (srh["rows"], srh["held_out_rows"]) == (3, 1)
+    assert (srh["rows"], srh["held_out_rows"]) == ((5, 1) if BENCHDATA.is_dir() else (3, 1))
     assert len((work / "runs" / "srh_refine" / "metrics.jsonl").read_text().splitlines()) == 2
     dpo_state, srh_state = (load_file(str(work / "runs" / s / "final" / "model.safetensors")) for s in ("dpo", "srh_refine"))
     assert {k for k in dpo_state if not torch.equal(dpo_state[k], srh_state[k])} <= {
