@@ -84,45 +84,55 @@ def _encode(processor, item: dict):
     return processor.encode(msgs)
 
 
-#: The typed prompt of an extra sentence: the assistant reads it out (the SRH learns text -> speech).
-READ_ALOUD = "Please read this sentence aloud: {text}"
-
-
 def cmd_extra(args) -> None:
-    """Assistant-voice (piper joe) sentences from the build's vocabulary pool, for more SRH material.
+    """Assistant-voice read-aloud turns, for more SRH material (``default_model/read_aloud.py``).
 
-    The pool's piper recordings are reused; ``--synthesize N`` speaks N more of its other sentences in
-    joe's voice.  Tokens come from the shipped tokenizer, as the build's own answers' do.
+    Session 14 read the build's vocabulary sentences (``--work``'s ``ctc_vocab.jsonl``: its piper
+    recordings plus ``--synthesize`` N of its espeak ones spoken anew by joe).  With ``--read-aloud N``
+    the build's own read-aloud stage makes N sentences of the pool that the vocabulary set left out,
+    in ``--out`` as its work dir.  Either way ``--out``/extra.jsonl lists them for ``cache --extra``.
     """
     import soundfile as sf
 
     from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+    from funaudiochat.default_model.read_aloud import READ_ALOUD_PROMPT, build_read_aloud
     from funaudiochat.default_model.speech_data import TTSEngines
 
     torch.set_num_threads(args.threads)
     data = Path(args.work) / "data"
     pool = [json.loads(x) for x in (data / "ctc_vocab.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
-    joe = [r for r in pool if r["tts"]["engine"] == "piper"]
-    other = [r for r in pool if r["tts"]["engine"] != "piper"][: args.synthesize]
     out = Path(args.out)
-    (out / "wav").mkdir(parents=True, exist_ok=True)
-    tokenizer = KMeansSpeechTokenizer.from_pretrained()
-    piper = TTSEngines().get("piper") if other else None
     lines = []
-    for r, recorded in [(r, True) for r in joe] + [(r, False) for r in other]:
-        if recorded:
-            wav = (data / r["audio"]).resolve()
-            audio, _ = sf.read(wav, dtype="float32")
-        else:
-            wav = (out / "wav" / (r["id"].replace(":", "_").replace("#", "_") + ".wav")).resolve()
-            if not wav.is_file():
-                audio, sr = piper.synthesize(r["text"], voice="joe", speed=1.0)
-                sf.write(wav, audio, sr)
-            audio, _ = sf.read(wav, dtype="float32")
-        lines.append(json.dumps({"id": r["id"], "question": READ_ALOUD.format(text=r["text"]), "answer": r["text"],
-                                 "tokens": [int(t) for t in tokenizer.encode(audio)], "wav": str(wav)}))
+    if args.read_aloud:
+        path = build_read_aloud(args.benchdata, [r["text"] for r in pool], out, args.read_aloud)
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                rec = json.loads(line)
+                turn, wav = rec["messages"][-1], out / "data" / rec["meta"]["recording"]
+                lines.append(json.dumps({"id": rec["id"], "question": rec["messages"][1]["content"],
+                                         "answer": turn["content"], "tokens": turn["speech_tokens"],
+                                         "wav": str(wav.resolve())}))
+    else:
+        joe = [r for r in pool if r["tts"]["engine"] == "piper"]
+        other = [r for r in pool if r["tts"]["engine"] != "piper"][: args.synthesize]
+        (out / "wav").mkdir(parents=True, exist_ok=True)
+        tokenizer = KMeansSpeechTokenizer.from_pretrained()
+        piper = TTSEngines().get("piper") if other else None
+        for r, recorded in [(r, True) for r in joe] + [(r, False) for r in other]:
+            if recorded:
+                wav = (data / r["audio"]).resolve()
+                audio, _ = sf.read(wav, dtype="float32")
+            else:
+                wav = (out / "wav" / (r["id"].replace(":", "_").replace("#", "_") + ".wav")).resolve()
+                if not wav.is_file():
+                    audio, sr = piper.synthesize(r["text"], voice="joe", speed=1.0)
+                    sf.write(wav, audio, sr)
+                audio, _ = sf.read(wav, dtype="float32")
+            lines.append(json.dumps({"id": r["id"], "question": READ_ALOUD_PROMPT.format(text=r["text"]),
+                                     "answer": r["text"], "tokens": [int(t) for t in tokenizer.encode(audio)],
+                                     "wav": str(wav)}))
     (out / "extra.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    logger.info("%d extra sentences (%d recorded by the build, %d synthesized)", len(lines), len(joe), len(other))
+    logger.info("%d extra sentences in %s", len(lines), out / "extra.jsonl")
 
 
 def cmd_cache(args) -> None:
@@ -193,6 +203,8 @@ def cmd_train(args) -> None:
     train = train[: args.max_rows] if args.max_rows else train  # the data-size check
     if args.extra_rows:
         train = train + _rows(cache / f"{args.layout}_extra.pt")[1]
+    for path in args.extra_cache or []:  # more cached read-aloud rows, from other caches
+        train = train + _rows(Path(path))[1]
     _, val = _rows(cache / f"{args.layout}_val.pt")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +315,8 @@ def main(argv=None) -> None:
     x.add_argument("--work", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--synthesize", type=int, default=0, help="speak this many more pool sentences in joe's voice")
+    x.add_argument("--read-aloud", type=int, default=0, help="make this many read-aloud turns as the build does")
+    x.add_argument("--benchdata", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "benchdata"))
     t = sub.add_parser("train")
     t.add_argument("--model", required=True)
     t.add_argument("--cache", required=True)
@@ -314,6 +328,7 @@ def main(argv=None) -> None:
     t.add_argument("--lr-min", type=float, default=1e-4)
     t.add_argument("--max-rows", type=int, default=None, help="train on the first N cached rows only")
     t.add_argument("--extra-rows", action="store_true", help="also train on the cached extra sentences")
+    t.add_argument("--extra-cache", nargs="+", help="also train on the rows of these <layout>_extra.pt files")
     s = sub.add_parser("speak")
     s.add_argument("--model", required=True)
     s.add_argument("--work", required=True)
