@@ -137,8 +137,8 @@ class BuildConfig:
     srh: SRHRefineSpec | None = None
     #: Read-aloud turns (:mod:`funaudiochat.default_model.read_aloud`: typed sentence -> spoken in the
     #: assistant voice) added to the SFT data of pre-alignment and both Core-Cocktail stages, and to the
-    #: SRH stage's rows.  0 (none) by default: session 14 measured their gain on the SRH alone
-    #: (docs/default-model.md), no full build has used them yet.
+    #: SRH stage's rows.  0 (none) by default: sessions 14 and 15 measured a small gain on the SRH
+    #: alone (docs/default-model.md); no full build has used them yet.
     read_aloud: int = 0
 
     def __post_init__(self) -> None:
@@ -300,9 +300,9 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     rows = original_vocab if cfg.train_new_tokens else None
     out = {}
     for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
-        r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"},
-                    dpo if name == "dpo" else [sft, read_aloud] if read_aloud else sft, out_runs / name, cfg.seed + i, name == "dpo", frozen=frozen,
-                    new_token_rows=rows)
+        data = dpo if name == "dpo" else [sft, read_aloud] if read_aloud else sft
+        r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"}, data, out_runs / name,
+                    cfg.seed + i, name == "dpo", frozen=frozen, new_token_rows=rows)
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
     if with_ctc:
