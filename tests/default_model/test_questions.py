@@ -1,4 +1,3 @@
-import json
 import logging
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from funaudiochat.default_model.questions import (
     training_questions,
     write_questions,
 )
+
+from .conftest import write_benchdata
 
 BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
 
@@ -36,11 +37,9 @@ def test_clean_question_undoes_csv_quoting():
 
 
 def _fake_benchdata(root: Path) -> Path:
-    for name, prefix in (("web_questions", "wq"), ("triviaqa", "tq"), ("llama_questions", "lq")):
-        (root / name).mkdir(parents=True)
-        rows = [{"id": f"{prefix}{i}", "question": f"{name} question {i}?", "answers": ["a"]} for i in range(40)]
-        (root / name / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_benchdata(root, {
+        name: [{"id": f"{prefix}{i}", "question": f"{name} question {i}?", "answers": ["a"]} for i in range(40)]
+        for name, prefix in (("web_questions", "wq"), ("triviaqa", "tq"), ("llama_questions", "lq"))})
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):

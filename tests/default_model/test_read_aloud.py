@@ -13,6 +13,7 @@ from funaudiochat.default_model.read_aloud import (
 )
 from funaudiochat.training.data import validate_jsonl
 
+from .conftest import write_benchdata
 FRAME = 640  # samples per 25 Hz speech token at 16 kHz
 
 
@@ -23,10 +24,7 @@ def _bench(tmp_path):
         "mmlu_pro_mmsu_domains": [{"id": "m1", "question": "Photosynthesis needs light and water. "
                                                            "A fox ran into the deep dark orchard."}],
     }
-    for name, items in rows.items():
-        (tmp_path / name).mkdir(parents=True)
-        (tmp_path / name / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    return tmp_path
+    return write_benchdata(tmp_path, rows)
 
 
 class FakeTokenizer:

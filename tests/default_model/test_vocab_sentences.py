@@ -14,6 +14,7 @@ from funaudiochat.default_model.vocab_sentences import (
     words,
 )
 
+from .conftest import write_benchdata
 
 def test_only_plain_sentences_of_five_to_sixteen_words_qualify():
     text = ("The cat sat on the mat today. Too short here. It costs 5 dollars and ten cents now. "
@@ -31,10 +32,7 @@ def _bench(tmp_path):
         "mmlu_pro_mmsu_domains": [{"id": "m1", "question": "Photosynthesis needs light and water. "
                                                            "A fox ran into the deep dark orchard. Ok?"}],
     }
-    for name, items in rows.items():
-        (tmp_path / name).mkdir(parents=True)
-        (tmp_path / name / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    return tmp_path
+    return write_benchdata(tmp_path, rows)
 
 
 def test_the_pool_reads_dev_texts_once_per_distinct_sentence(tmp_path, caplog):
