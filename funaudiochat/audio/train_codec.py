@@ -20,6 +20,14 @@ the grammar below), and ``evaluate-extra`` measures the round trip on a held-out
         --init funaudiochat/assets/speech_detokenizer --extra /tmp/codec/answers/train.jsonl --out DIR --minutes 20 --lr 5e-4
     python -m funaudiochat.audio.train_codec evaluate-extra --manifest /tmp/codec/answers/heldout.jsonl --detokenizer DIR --n 40
 
+``examples`` turns extra files into a portable npz (tokens and log-mels, ``--mel-bits 8`` for half the size), so
+that training can run where the audio is not (a GPU machine); ``detokenizer --examples`` takes several::
+
+    python -m funaudiochat.audio.train_codec examples --extra /tmp/codec/answers/train.jsonl \
+        --tokenizer funaudiochat/assets/speech_tokenizer --out answers.npz --mel-bits 8
+    python -m funaudiochat.audio.train_codec detokenizer --work . --tokenizer funaudiochat/assets/speech_tokenizer \
+        --examples answers.npz --examples more.npz --device cuda --batch 64 --minutes 5 --out DIR
+
 Training speech comes from the offline TTS engines (piper joe plus two espeak voices) reading
 procedurally generated sentences, so no benchmark text is ever seen.  The evaluation sentences
 (:func:`eval_sentences`) come from a different seed and are checked to be disjoint from training.
@@ -348,27 +356,47 @@ def _example(voice: int, tokens: np.ndarray, audio_22k: np.ndarray) -> tuple[int
     return voice, tokens, mel[:, :n].contiguous()
 
 
-def save_examples(path: Path, data: list, token_sha: str) -> None:
-    """Training examples (voice, tokens, fp16 log-mel) in one compressed npz, so training can run on
-    another machine (a GPU) without the audio and the tokenizer."""
+def save_examples(path: Path, data: list, token_sha: str, mel_bits: int = 16) -> None:
+    """Training examples (voice, tokens, log-mel) in one compressed npz, so training can run on another
+    machine (a GPU) without the audio and the tokenizer.
+
+    ``mel_bits=8`` stores each mel bin as uint8 on its own min-max grid (half the size of fp16; the rounding
+    error, under 0.03 in log units, is far below the flow model's loss) for when the file must travel
+    through a size-limited channel."""
+    if mel_bits not in (8, 16):
+        raise ValueError(f"mel_bits must be 8 or 16, not {mel_bits}")
+    if not data:
+        raise ValueError(f"no training examples to write to {path}")
+    mels = np.concatenate([m.numpy() for _, _, m in data], axis=1).astype(np.float32)
+    if mel_bits == 16:
+        packed = {"mels": mels.astype(np.float16)}
+    else:
+        lo, hi = mels.min(axis=1), mels.max(axis=1)
+        step = np.maximum(hi - lo, 1e-6) / 255.0
+        q = np.rint((mels - lo[:, None]) / step[:, None]).clip(0, 255).astype(np.uint8)
+        packed = {"mels_u8": q, "mel_lo": lo.astype(np.float32), "mel_step": step.astype(np.float32)}
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(
         tmp, token_sha=np.array(token_sha), voices=np.array([v for v, _, _ in data], dtype=np.int64),
         token_len=np.array([t.size for _, t, _ in data], dtype=np.int64),
         frame_len=np.array([m.shape[1] for _, _, m in data], dtype=np.int64),
-        tokens=np.concatenate([t for _, t, _ in data]).astype(np.int16),
-        mels=np.concatenate([m.numpy() for _, _, m in data], axis=1).astype(np.float16))
+        tokens=np.concatenate([t for _, t, _ in data]).astype(np.int16), **packed)
     tmp.replace(path)
 
 
 def load_examples(path: Path, token_sha: str) -> list:
+    """Read a file of :func:`save_examples` (either mel precision); refuses one made for other token ids."""
     import torch
 
     with np.load(path) as z:
         if str(z["token_sha"]) != token_sha:
             raise ValueError(f"{path} was made with another tokenizer ({z['token_sha']}); rebuild it")
         toks = np.split(z["tokens"].astype(np.int64), np.cumsum(z["token_len"])[:-1])
-        mels = np.split(z["mels"].astype(np.float32), np.cumsum(z["frame_len"])[:-1], axis=1)
+        if "mels_u8" in z:
+            mel = z["mel_lo"][:, None] + z["mels_u8"].astype(np.float32) * z["mel_step"][:, None]
+        else:
+            mel = z["mels"].astype(np.float32)
+        mels = np.split(mel, np.cumsum(z["frame_len"])[:-1], axis=1)
         return [(int(v), t, torch.from_numpy(np.ascontiguousarray(m))) for v, t, m in zip(z["voices"], toks, mels)]
 
 
@@ -420,7 +448,8 @@ def read_extra_manifest(path: str | Path) -> list[ExtraUtterance]:
     return items
 
 
-def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_size: int) -> list:
+def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_size: int,
+                   progress: bool = False) -> list:
     """(voice index, tokens, log-mel [80, F]) per utterance of the extra files, like ``_detok_examples``."""
     from funaudiochat.audio.io import load_audio
     from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
@@ -429,8 +458,14 @@ def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_
     voice_index = {name: i for i, name in enumerate(TRAINING_VOICES)}
     tokenizer = None
     out = []
-    for path in paths:
-        for item in read_extra_manifest(path):
+    manifests = [(path, read_extra_manifest(path)) for path in paths]  # every file checked before the slow part
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(items) for _, items in manifests), desc="examples", unit="utt")
+    for path, items in manifests:
+        for item in items:
             tokens = item.tokens
             if tokens is None:
                 tokenizer = tokenizer or KMeansSpeechTokenizer.from_pretrained(tokenizer_dir)
@@ -440,7 +475,23 @@ def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_
                                  f"{codebook_size}")
             out.append(_example(voice_index[item.voice], np.asarray(tokens, dtype=np.int64),
                                 load_audio(item.audio, 22050, max_seconds=None)))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     return out
+
+
+def cmd_examples(args: argparse.Namespace) -> None:
+    """Turn extra-utterance files into one portable examples file (``detokenizer --examples``)."""
+    tok_manifest = json.loads((Path(args.tokenizer) / "tokenizer.json").read_text())
+    data = extra_examples(args.extra, args.tokenizer, tok_manifest["codebook_size"], progress=not args.no_progress)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_examples(out, data, tok_manifest["files"]["centroids.safetensors"]["sha256"], mel_bits=args.mel_bits)
+    frames = sum(m.shape[1] for _, _, m in data)
+    logger.info("wrote %d examples (%.1f min of speech, %d-bit mels, %.1f MB) to %s", len(data),
+                frames * 256 / 22050 / 60, args.mel_bits, out.stat().st_size / 1e6, out)
 
 
 def heldout(item_id: str, every: int) -> bool:
@@ -538,21 +589,29 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
     work = Path(args.work)
     tok_manifest = json.loads((Path(args.tokenizer) / "tokenizer.json").read_text())
     token_sha = tok_manifest["files"]["centroids.safetensors"]["sha256"]
-    examples = Path(args.examples) if args.examples else None
+    examples = [Path(e) for e in args.examples]
     data: list = []
-    if examples is not None and examples.is_file():
-        data = load_examples(examples, token_sha)
-    elif not args.extra or any(work.glob("data_*.npz")):  # the grammar's speech, unless only extra files are given
-        data = _detok_examples(work, token_sha)
-        if examples is not None:
-            save_examples(examples, data, token_sha)
-            logger.info("saved %d training examples to %s", len(data), examples)
-            if args.minutes <= 0:
-                return
-    n_grammar = len(data)
+    if examples and all(e.is_file() for e in examples):
+        for e in examples:
+            data += load_examples(e, token_sha)
+        source = f"{len(data)} utterances of examples files ({', '.join(str(e) for e in examples)})"
+    elif len(examples) > 1:
+        missing = ", ".join(str(e) for e in examples if not e.is_file())
+        raise FileNotFoundError(f"--examples is given {len(examples)} times, so each file must exist; missing: {missing}")
+    else:
+        if not args.extra or any(work.glob("data_*.npz")):  # the grammar's speech, unless only extra files are given
+            data = _detok_examples(work, token_sha)
+            if examples:
+                save_examples(examples[0], data, token_sha)
+                logger.info("saved %d training examples to %s", len(data), examples[0])
+                if args.minutes <= 0:
+                    return
+        source = f"{len(data)} procedural sentences (train_codec.train_sentences)"
+    n_first = len(data)
     if args.extra:
         data += extra_examples(args.extra, args.tokenizer, tok_manifest["codebook_size"])
-        logger.info("%d grammar utterances + %d from %s", n_grammar, len(data) - n_grammar, ", ".join(args.extra))
+        logger.info("%d utterances + %d from %s", n_first, len(data) - n_first, ", ".join(args.extra))
+        source += f" and {len(data) - n_first} extra utterances ({', '.join(str(e) for e in args.extra)})"
     if len(data) < args.batch:
         raise ValueError(f"{len(data)} training utterances, fewer than one batch of {args.batch}")
     device = torch.device(args.device)
@@ -628,9 +687,7 @@ def cmd_detokenizer(args: argparse.Namespace) -> None:
                 "batch": args.batch, "crop_frames": args.crop, "lr": args.lr, "params": n_params,
                 "utterances": len(data), "mel_frames": int(all_mel.shape[1]),
                 "final_fm_loss": round(float(fm), 4), "final_prior_l1": round(float(pr), 4),
-                "text": "procedural sentences (train_codec.train_sentences)" if not args.extra else
-                        f"{n_grammar} procedural sentences (train_codec.train_sentences) and {len(data) - n_grammar} "
-                        f"extra utterances ({', '.join(str(e) for e in args.extra)})",
+                "text": source,
                 "init": str(args.init) if args.init else None,
                 "voices": {k: list(v) for k, v in TRAINING_VOICES.items()}}
     detok = FlowMatchingDetokenizer(model, VoiceBank.from_names(tuple(TRAINING_VOICES)), GriffinLimVocoder())
@@ -800,8 +857,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=8, help="ODE steps at inference")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256, help="mel frames per training crop")
-    p.add_argument("--examples", help="npz of training examples: read if it exists, else computed from --work "
-                   "and written there (with --minutes 0, only written)")
+    p.add_argument("--examples", action="append", default=[], metavar="FILE.npz",
+                   help="npz of training examples: read if it exists, else computed from --work and written there "
+                   "(with --minutes 0, only written); repeatable, then every file must exist (see `examples`)")
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
@@ -832,6 +890,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder for train.jsonl and heldout.jsonl")
     p.add_argument("--heldout-every", type=int, default=8, help="hold out about 1 answer in N (by id hash)")
     p.set_defaults(func=cmd_extra_from_build)
+
+    p = sub.add_parser("examples", help="extra-utterance files -> one portable npz of detokenizer training examples")
+    p.add_argument("--extra", action="append", required=True, metavar="FILE.jsonl", help="repeatable")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (for lines without tokens, and the id check)")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--mel-bits", type=int, default=16, choices=[8, 16],
+                   help="log-mel precision: 16 (fp16) or 8 (uint8 per bin, half the size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_examples)
 
     p = sub.add_parser("evaluate-extra", help="round-trip WER on an extra-utterance file's texts")
     p.add_argument("--manifest", required=True)

@@ -166,3 +166,76 @@ def test_extra_examples_tokenize_when_tokens_are_absent(tmp_path: Path, tiny_en_
     [(voice, tokens, mel)] = train_codec.extra_examples([m], default_tokenizer_dir(), 1024)
     assert voice == 2 and tokens.dtype == np.int64 and tokens.size == 25
     assert mel.shape[0] == 80 and 0 < mel.shape[1] <= 22050 // 256 + 1
+
+
+# ------------------------------------------------------------------------------------ portable examples files
+
+
+def _examples(n: int = 3, tokens: int = 5) -> list:
+    gen = torch.Generator().manual_seed(0)
+    return [(i % 3, np.arange(tokens + i, dtype=np.int64) * 7 % 1024,
+             torch.rand(80, frames_for_tokens(tokens + i), generator=gen) * 13.5 - 11.5) for i in range(n)]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_examples_file_round_trip(tmp_path: Path, bits: int) -> None:
+    data = _examples()
+    path = tmp_path / f"ex{bits}.npz"
+    train_codec.save_examples(path, data, "sha-a", mel_bits=bits)
+    back = train_codec.load_examples(path, "sha-a")
+    assert [(v, t.tolist(), m.shape) for v, t, m in back] == [(v, t.tolist(), m.shape) for v, t, m in data]
+    assert all(t.dtype == np.int64 and m.dtype == torch.float32 for _, t, m in back)
+    err = max(float((m - b).abs().max()) for (_, _, m), (_, _, b) in zip(data, back))
+    # 8 bits: half a step of the per-bin grid (13.5 / 255 / 2 = 0.026); fp16: its rounding at |x| <= 11.5
+    assert err <= (0.0266 if bits == 8 else 0.004) and err > 0
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_eight_bit_examples_are_about_half_the_size(tmp_path: Path) -> None:
+    data = _examples(6, tokens=200)  # log-mels dominate the file, as in real use
+    train_codec.save_examples(tmp_path / "a.npz", data, "s", mel_bits=16)
+    train_codec.save_examples(tmp_path / "b.npz", data, "s", mel_bits=8)
+    assert 0.4 < (tmp_path / "b.npz").stat().st_size / (tmp_path / "a.npz").stat().st_size < 0.6
+
+
+def test_examples_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mel_bits must be 8 or 16, not 12"):
+        train_codec.save_examples(tmp_path / "a.npz", _examples(), "s", mel_bits=12)
+    with pytest.raises(ValueError, match="no training examples to write"):
+        train_codec.save_examples(tmp_path / "a.npz", [], "s")
+    train_codec.save_examples(tmp_path / "a.npz", _examples(), "sha-a", mel_bits=8)
+    with pytest.raises(ValueError, match="was made with another tokenizer \\(sha-a\\)"):
+        train_codec.load_examples(tmp_path / "a.npz", "sha-b")
+
+
+def test_examples_command_feeds_detokenizer_training(tmp_path: Path) -> None:
+    """``examples`` writes what ``extra_examples`` computes; two such files train one detokenizer."""
+    _fake_build(tmp_path / "build", 6)
+    train_codec.main(["extra-from-build", "--build-work", str(tmp_path / "build"), "--out", str(tmp_path / "x"),
+                      "--heldout-every", "1000"])
+    rows = (tmp_path / "x" / "train.jsonl").read_text(encoding="utf-8").split("\n")[:6]
+    halves = [_lines(tmp_path / f"half{i}.jsonl", [json.loads(r) for r in rows[3 * i: 3 * i + 3]]) for i in (0, 1)]
+    for i, m in enumerate(halves):
+        train_codec.main(["examples", "--extra", str(m), "--tokenizer", str(default_tokenizer_dir()),
+                          "--out", str(tmp_path / f"ex{i}.npz"), "--mel-bits", "8", "--no-progress"])
+    sha = json.loads((default_tokenizer_dir() / "tokenizer.json").read_text())["files"]["centroids.safetensors"]["sha256"]
+    direct = train_codec.extra_examples(halves, default_tokenizer_dir(), 1024)
+    stored = train_codec.load_examples(tmp_path / "ex0.npz", sha) + train_codec.load_examples(tmp_path / "ex1.npz", sha)
+    assert [t.tolist() for _, t, _ in stored] == [t.tolist() for _, t, _ in direct]
+    assert max(float((a - b).abs().max()) for (_, _, a), (_, _, b) in zip(direct, stored)) < 0.05
+
+    out = tmp_path / "detok"
+    train_codec.main(["detokenizer", "--work", str(tmp_path / "work"), "--tokenizer", str(default_tokenizer_dir()),
+                      "--init", str(default_detokenizer_dir()), "--examples", str(tmp_path / "ex0.npz"),
+                      "--examples", str(tmp_path / "ex1.npz"), "--out", str(out), "--minutes", "0.01",
+                      "--batch", "4", "--threads", "1"])
+    training = FlowMatchingDetokenizer.from_pretrained(out, vocoder="griffinlim").manifest.training
+    assert training["utterances"] == 6 and training["text"].startswith("6 utterances of examples files (")
+
+
+def test_detokenizer_needs_every_examples_file(tmp_path: Path) -> None:
+    train_codec.save_examples(tmp_path / "a.npz", _examples(), "s")
+    with pytest.raises(FileNotFoundError, match=r"--examples is given 2 times.*missing: .*b\.npz"):
+        train_codec.main(["detokenizer", "--work", str(tmp_path), "--tokenizer", str(default_tokenizer_dir()),
+                          "--examples", str(tmp_path / "a.npz"), "--examples", str(tmp_path / "b.npz"),
+                          "--out", str(tmp_path / "d"), "--minutes", "0.01"])
