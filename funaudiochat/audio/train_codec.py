@@ -537,7 +537,7 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
     from funaudiochat.audio.io import load_audio, resample
     from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
     from funaudiochat.speech.asr import LocalASR
-    from funaudiochat.speech.wer import word_errors
+    from funaudiochat.speech.wer import capped_corpus_wer, word_errors
 
     torch.set_num_threads(args.threads)
     items = [i for i in read_extra_manifest(args.manifest) if i.text][: args.n]
@@ -546,7 +546,7 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
     detok = FlowMatchingDetokenizer.from_pretrained(args.detokenizer, vocoder=args.vocoder)
     tokenizer = None
     asr = LocalASR(compute_type=args.compute_type, cpu_threads=args.threads)
-    rows, err_src, err_rt, words = [], 0, 0, 0
+    rows, err_src, err_rt, words, counts_src, counts_rt = [], 0, 0, 0, [], []
     for i, item in enumerate(items):
         source = load_audio(item.audio, 16000, max_seconds=None)
         tokens = item.tokens
@@ -559,18 +559,28 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
         e_src, n = word_errors(item.text, hyp_src)
         e_rt, _ = word_errors(item.text, hyp_rt)
         err_src, err_rt, words = err_src + e_src, err_rt + e_rt, words + n
-        rows.append({"audio": str(item.audio), "text": item.text, "source_asr": hyp_src, "roundtrip_asr": hyp_rt})
+        counts_src.append((e_src, n))
+        counts_rt.append((e_rt, n))
+        rows.append({"audio": str(item.audio), "text": item.text, "source_asr": hyp_src, "roundtrip_asr": hyp_rt,
+                     "words": n, "errors_source": e_src, "errors_roundtrip": e_rt})
         if i % 10 == 0:
             logger.info("%d/%d  WER source %.2f%%  round trip %.2f%%", i + 1, len(items), 100 * err_src / max(words, 1),
                         100 * err_rt / max(words, 1))
     report = {"manifest": str(args.manifest), "detokenizer": str(args.detokenizer or "shipped"), "utterances": len(items),
               "words": words, "wer_source": round(100 * err_src / max(words, 1), 2),
-              "wer_roundtrip": round(100 * err_rt / max(words, 1), 2), "rows": rows}
+              "wer_roundtrip": round(100 * err_rt / max(words, 1), 2),
+              # the same with each utterance's errors capped at its length (ASR loops; speech.wer.capped_corpus_wer)
+              "wer_source_capped": round(100 * capped_corpus_wer(counts_src), 2),
+              "wer_roundtrip_capped": round(100 * capped_corpus_wer(counts_rt), 2),
+              "utterances_over_100": {"source": sum(e > n for e, n in counts_src),
+                                      "roundtrip": sum(e > n for e, n in counts_rt)},
+              "rows": rows}
     text = json.dumps(report, indent=2) + "\n"
     if args.report:
         Path(args.report).write_text(text)
-    logger.info("WER source audio %.2f%%, round trip %.2f%% (%d utterances, %d words)", report["wer_source"],
-                report["wer_roundtrip"], len(items), words)
+    logger.info("WER source audio %.2f%% (capped %.2f%%), round trip %.2f%% (capped %.2f%%); %d utterances, %d words",
+                report["wer_source"], report["wer_source_capped"], report["wer_roundtrip"],
+                report["wer_roundtrip_capped"], len(items), words)
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
 
 

@@ -101,3 +101,15 @@ def wer(reference: str, hypothesis: str) -> float:
     if n == 0:
         return 0.0 if errors == 0 else 1.0
     return errors / n
+
+
+def capped_corpus_wer(counts: list[tuple[int, int]]) -> float:
+    """Corpus WER with each utterance's errors capped at its reference length.
+
+    Whisper sometimes loops ("in the United States and in the United States ...") on one utterance and
+    adds hundreds of insertions, which can move a 40-utterance corpus WER by 30 points on its own; capped,
+    such an utterance counts as wholly wrong and no more. ``counts`` holds ``word_errors`` results."""
+    words = sum(n for _, n in counts)
+    if words == 0:
+        raise ValueError("no reference words to score")
+    return sum(min(e, n) for e, n in counts) / words

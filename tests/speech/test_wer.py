@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from funaudiochat.speech.wer import edit_distance, normalize_text, number_to_words, wer, word_errors
+from funaudiochat.speech.wer import (
+    capped_corpus_wer,
+    edit_distance,
+    normalize_text,
+    number_to_words,
+    wer,
+    word_errors,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,3 +63,13 @@ def test_wer_values() -> None:
     assert word_errors("a b c", "a b c d e") == (2, 3)
     assert wer("", "") == 0.0
     assert wer("", "something") == 1.0
+
+
+def test_capped_corpus_wer_limits_a_looping_utterance() -> None:
+    loop = word_errors("the capital is paris", "the capital is paris " + "and in the united states " * 20)
+    good = word_errors("it is four", "it is for")
+    assert loop == (100, 4) and good == (1, 3)
+    assert capped_corpus_wer([loop, good]) == pytest.approx((4 + 1) / 7)  # uncapped: 101 / 7
+    assert capped_corpus_wer([good, (0, 5)]) == pytest.approx(1 / 8)  # no loop: the plain corpus WER
+    with pytest.raises(ValueError, match="no reference words"):
+        capped_corpus_wer([(3, 0)])
