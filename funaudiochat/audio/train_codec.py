@@ -482,10 +482,27 @@ def extra_examples(paths: list[str | Path], tokenizer_dir: str | Path, codebook_
     return out
 
 
+def grammar_examples(work: Path, tokenizer_dir: str | Path) -> list:
+    """The ``data`` step's grammar speech as training examples, tokenized by the given (e.g. shipped) tokenizer,
+    so it can be mixed with extra utterances without refitting the centroids as the ``tokenizer`` step does."""
+    from funaudiochat.audio.io import resample
+    from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
+    from funaudiochat.audio.voices import TRAINING_VOICES
+
+    voice_index = {name: i for i, name in enumerate(TRAINING_VOICES)}
+    tokenizer = KMeansSpeechTokenizer.from_pretrained(tokenizer_dir)
+    return [_example(voice_index[voice], np.asarray(tokenizer.encode(resample(audio, 22050, 16000)), dtype=np.int64),
+                     audio) for voice, _, audio in load_data(work)]
+
+
 def cmd_examples(args: argparse.Namespace) -> None:
-    """Turn extra-utterance files into one portable examples file (``detokenizer --examples``)."""
+    """Turn extra-utterance files (and the grammar speech) into one portable examples file (``detokenizer --examples``)."""
+    if not args.extra and not args.grammar_work:
+        raise ValueError("nothing to write: give --extra FILE.jsonl and/or --grammar-work DIR")
     tok_manifest = json.loads((Path(args.tokenizer) / "tokenizer.json").read_text())
-    data = extra_examples(args.extra, args.tokenizer, tok_manifest["codebook_size"], progress=not args.no_progress)
+    data = grammar_examples(Path(args.grammar_work), args.tokenizer) if args.grammar_work else []
+    if args.extra:
+        data += extra_examples(args.extra, args.tokenizer, tok_manifest["codebook_size"], progress=not args.no_progress)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_examples(out, data, tok_manifest["files"]["centroids.safetensors"]["sha256"], mel_bits=args.mel_bits)
@@ -902,7 +919,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_extra_from_build)
 
     p = sub.add_parser("examples", help="extra-utterance files -> one portable npz of detokenizer training examples")
-    p.add_argument("--extra", action="append", required=True, metavar="FILE.jsonl", help="repeatable")
+    p.add_argument("--extra", action="append", default=[], metavar="FILE.jsonl", help="repeatable")
+    p.add_argument("--grammar-work", default=None, metavar="DIR",
+                   help="also the grammar speech of `data --work DIR`, tokenized with --tokenizer")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (for lines without tokens, and the id check)")
     p.add_argument("--out", required=True, help="the .npz to write")
     p.add_argument("--mel-bits", type=int, default=16, choices=[8, 16],

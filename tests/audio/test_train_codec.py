@@ -239,3 +239,30 @@ def test_detokenizer_needs_every_examples_file(tmp_path: Path) -> None:
         train_codec.main(["detokenizer", "--work", str(tmp_path), "--tokenizer", str(default_tokenizer_dir()),
                           "--examples", str(tmp_path / "a.npz"), "--examples", str(tmp_path / "b.npz"),
                           "--out", str(tmp_path / "d"), "--minutes", "0.01"])
+
+
+def test_examples_mixes_in_the_grammar_speech(tmp_path: Path, tiny_en_dir) -> None:
+    """--grammar-work tokenizes the `data` step's speech with the given tokenizer (no refitted centroids)."""
+    from funaudiochat.audio.io import resample
+
+    work = tmp_path / "codec"
+    work.mkdir()
+    for k, voice in enumerate(("joe", "espeak_f", "espeak_m")):
+        audio = resample(chirp(1.0, seed=k), 16000, 22050).astype(np.float32)
+        np.savez(work / f"data_{voice}.npz", texts=np.array([f"sentence {k}"]), a00000=audio)
+    _wav(tmp_path / "x.wav", seconds=0.8)
+    extra = _lines(tmp_path / "extra.jsonl", [{"audio": "x.wav", "tokens": [5] * 20}])
+    out = tmp_path / "ex.npz"
+    train_codec.main(["examples", "--grammar-work", str(work), "--extra", str(extra), "--tokenizer",
+                      str(default_tokenizer_dir()), "--out", str(out), "--no-progress"])
+    sha = json.loads((default_tokenizer_dir() / "tokenizer.json").read_text())["files"]["centroids.safetensors"]["sha256"]
+    back = train_codec.load_examples(out, sha)
+    assert [v for v, _, _ in back] == [0, 1, 2, 0]
+    assert [t.size for _, t, _ in back] == [25, 25, 25, 20]
+    assert back[3][1].tolist() == [5] * 20
+    assert all(m.shape == (80, frames_for_tokens(t.size)) for _, t, m in back[:3])
+
+
+def test_examples_needs_some_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nothing to write: give --extra"):
+        train_codec.main(["examples", "--tokenizer", str(default_tokenizer_dir()), "--out", str(tmp_path / "e.npz")])
