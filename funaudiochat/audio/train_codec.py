@@ -554,7 +554,7 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
     from funaudiochat.audio.io import load_audio, resample
     from funaudiochat.audio.tokenizer import KMeansSpeechTokenizer
     from funaudiochat.speech.asr import LocalASR
-    from funaudiochat.speech.wer import capped_corpus_wer, word_errors
+    from funaudiochat.speech.wer import capped_corpus_wer, corpus_wer, word_errors
 
     torch.set_num_threads(args.threads)
     items = [i for i in read_extra_manifest(args.manifest) if i.text][: args.n]
@@ -563,7 +563,7 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
     detok = FlowMatchingDetokenizer.from_pretrained(args.detokenizer, vocoder=args.vocoder)
     tokenizer = None
     asr = LocalASR(compute_type=args.compute_type, cpu_threads=args.threads)
-    rows, err_src, err_rt, words, counts_src, counts_rt = [], 0, 0, 0, [], []
+    rows, counts_src, counts_rt = [], [], []  # (errors, reference words) per utterance
     for i, item in enumerate(items):
         source = load_audio(item.audio, 16000, max_seconds=None)
         tokens = item.tokens
@@ -575,17 +575,17 @@ def cmd_evaluate_extra(args: argparse.Namespace) -> None:
         hyp_rt = asr.transcribe(resample(wav, sr, 16000), model="base", beam_size=args.beam)
         e_src, n = word_errors(item.text, hyp_src)
         e_rt, _ = word_errors(item.text, hyp_rt)
-        err_src, err_rt, words = err_src + e_src, err_rt + e_rt, words + n
         counts_src.append((e_src, n))
         counts_rt.append((e_rt, n))
         rows.append({"audio": str(item.audio), "text": item.text, "source_asr": hyp_src, "roundtrip_asr": hyp_rt,
                      "words": n, "errors_source": e_src, "errors_roundtrip": e_rt})
-        if i % 10 == 0:
-            logger.info("%d/%d  WER source %.2f%%  round trip %.2f%%", i + 1, len(items), 100 * err_src / max(words, 1),
-                        100 * err_rt / max(words, 1))
+        if i % 10 == 0 and any(n for _, n in counts_src):
+            logger.info("%d/%d  WER source %.2f%%  round trip %.2f%%", i + 1, len(items), 100 * corpus_wer(counts_src),
+                        100 * corpus_wer(counts_rt))
+    words = sum(n for _, n in counts_src)
     report = {"manifest": str(args.manifest), "detokenizer": str(args.detokenizer or "shipped"), "utterances": len(items),
-              "words": words, "wer_source": round(100 * err_src / max(words, 1), 2),
-              "wer_roundtrip": round(100 * err_rt / max(words, 1), 2),
+              "words": words, "wer_source": round(100 * corpus_wer(counts_src), 2),
+              "wer_roundtrip": round(100 * corpus_wer(counts_rt), 2),
               # the same with each utterance's errors capped at its length (ASR loops; speech.wer.capped_corpus_wer)
               "wer_source_capped": round(100 * capped_corpus_wer(counts_src), 2),
               "wer_roundtrip_capped": round(100 * capped_corpus_wer(counts_rt), 2),

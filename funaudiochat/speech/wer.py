@@ -103,13 +103,18 @@ def wer(reference: str, hypothesis: str) -> float:
     return errors / n
 
 
+def corpus_wer(counts: list[tuple[int, int]]) -> float:
+    """Corpus WER: all utterances' errors over all their reference words. ``counts`` holds ``word_errors`` results."""
+    words = sum(n for _, n in counts)
+    if words == 0:
+        raise ValueError("no reference words to score")
+    return sum(e for e, _ in counts) / words
+
+
 def capped_corpus_wer(counts: list[tuple[int, int]]) -> float:
     """Corpus WER with each utterance's errors capped at its reference length.
 
     Whisper sometimes loops ("in the United States and in the United States ...") on one utterance and
     adds hundreds of insertions, which can move a 40-utterance corpus WER by 30 points on its own; capped,
-    such an utterance counts as wholly wrong and no more. ``counts`` holds ``word_errors`` results."""
-    words = sum(n for _, n in counts)
-    if words == 0:
-        raise ValueError("no reference words to score")
-    return sum(min(e, n) for e, n in counts) / words
+    such an utterance counts as wholly wrong and no more."""
+    return corpus_wer([(min(e, n), n) for e, n in counts])

@@ -171,6 +171,10 @@ def test_extra_examples_tokenize_when_tokens_are_absent(tmp_path: Path, tiny_en_
 # ------------------------------------------------------------------------------------ portable examples files
 
 
+def _shipped_token_sha() -> str:
+    return json.loads((default_tokenizer_dir() / "tokenizer.json").read_text())["files"]["centroids.safetensors"]["sha256"]
+
+
 def _examples(n: int = 3, tokens: int = 5) -> list:
     gen = torch.Generator().manual_seed(0)
     return [(i % 3, np.arange(tokens + i, dtype=np.int64) * 7 % 1024,
@@ -218,7 +222,7 @@ def test_examples_command_feeds_detokenizer_training(tmp_path: Path) -> None:
     for i, m in enumerate(halves):
         train_codec.main(["examples", "--extra", str(m), "--tokenizer", str(default_tokenizer_dir()),
                           "--out", str(tmp_path / f"ex{i}.npz"), "--mel-bits", "8", "--no-progress"])
-    sha = json.loads((default_tokenizer_dir() / "tokenizer.json").read_text())["files"]["centroids.safetensors"]["sha256"]
+    sha = _shipped_token_sha()
     direct = train_codec.extra_examples(halves, default_tokenizer_dir(), 1024)
     stored = train_codec.load_examples(tmp_path / "ex0.npz", sha) + train_codec.load_examples(tmp_path / "ex1.npz", sha)
     assert [t.tolist() for _, t, _ in stored] == [t.tolist() for _, t, _ in direct]
@@ -255,7 +259,7 @@ def test_examples_mixes_in_the_grammar_speech(tmp_path: Path, tiny_en_dir) -> No
     out = tmp_path / "ex.npz"
     train_codec.main(["examples", "--grammar-work", str(work), "--extra", str(extra), "--tokenizer",
                       str(default_tokenizer_dir()), "--out", str(out), "--no-progress"])
-    sha = json.loads((default_tokenizer_dir() / "tokenizer.json").read_text())["files"]["centroids.safetensors"]["sha256"]
+    sha = _shipped_token_sha()
     back = train_codec.load_examples(out, sha)
     assert [v for v, _, _ in back] == [0, 1, 2, 0]
     assert [t.size for _, t, _ in back] == [25, 25, 25, 20]

@@ -14,6 +14,7 @@ from funaudiochat.default_model.read_aloud import (
 from funaudiochat.training.data import validate_jsonl
 
 from .conftest import write_benchdata
+
 FRAME = 640  # samples per 25 Hz speech token at 16 kHz
 
 

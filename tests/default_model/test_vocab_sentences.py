@@ -16,6 +16,7 @@ from funaudiochat.default_model.vocab_sentences import (
 
 from .conftest import write_benchdata
 
+
 def test_only_plain_sentences_of_five_to_sixteen_words_qualify():
     text = ("The cat sat on the mat today. Too short here. It costs 5 dollars and ten cents now. "
             "Which of the following is true about x = y plus two? " + "Word " * 17 + "end.")

@@ -4,6 +4,7 @@ import pytest
 
 from funaudiochat.speech.wer import (
     capped_corpus_wer,
+    corpus_wer,
     edit_distance,
     normalize_text,
     number_to_words,
@@ -69,7 +70,9 @@ def test_capped_corpus_wer_limits_a_looping_utterance() -> None:
     loop = word_errors("the capital is paris", "the capital is paris " + "and in the united states " * 20)
     good = word_errors("it is four", "it is for")
     assert loop == (100, 4) and good == (1, 3)
-    assert capped_corpus_wer([loop, good]) == pytest.approx((4 + 1) / 7)  # uncapped: 101 / 7
-    assert capped_corpus_wer([good, (0, 5)]) == pytest.approx(1 / 8)  # no loop: the plain corpus WER
-    with pytest.raises(ValueError, match="no reference words"):
-        capped_corpus_wer([(3, 0)])
+    assert corpus_wer([loop, good]) == pytest.approx(101 / 7)
+    assert capped_corpus_wer([loop, good]) == pytest.approx((4 + 1) / 7)
+    assert capped_corpus_wer([good, (0, 5)]) == corpus_wer([good, (0, 5)]) == pytest.approx(1 / 8)  # no loop
+    for score in (corpus_wer, capped_corpus_wer):
+        with pytest.raises(ValueError, match="no reference words"):
+            score([(3, 0)])
