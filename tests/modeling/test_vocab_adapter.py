@@ -123,3 +123,92 @@ def test_assembly_from_parts_reads_over_the_backbones_own_vocabulary(tmp_path):
     assert model.ctc_table().shape[0] == first_audio  # the added audio tokens are not CTC classes
     linear, _ = assemble_from_parts(tmp_path / "llm", srh_config=srh)
     assert linear.speech_vocab_adapter is None and linear.config.audio_config.ctc_vocab_size is None
+
+
+# ------------------------------------------------------------------ ctc_slots: several CTC positions per group
+def slots_model(slots, seed=0):
+    cfg = tiny_config()
+    cfg.audio_config.continuous_adapter = "vocab_ctc"
+    cfg.audio_config.ctc_slots = slots
+    torch.manual_seed(seed)
+    return FunAudioChatForConditionalGeneration(cfg)
+
+
+def test_pool_slots_means_consecutive_runs_of_each_group():
+    from funaudiochat.modeling.grouping import pool_slots
+
+    groups = torch.arange(2 * 5, dtype=torch.float32).view(1, 2, 5, 1)  # two groups of frames 0-4, 5-9
+    assert pool_slots(groups, 2)[..., 0].tolist() == [[[1.0, 3.5], [6.0, 8.5]]]  # frames 0-2, 3-4
+    assert pool_slots(groups, 5)[..., 0].tolist() == [[[0.0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]]
+    torch.testing.assert_close(pool_slots(groups, 1)[:, :, 0], groups.mean(dim=2), rtol=0, atol=0)
+
+
+def test_one_slot_reads_exactly_as_the_adapter_and_two_confident_slots_add_their_tokens():
+    table = torch.eye(4, 6)
+    ad = VocabCTCAdapter(6)
+    with torch.no_grad():
+        ad.blank_query.copy_(torch.tensor([0, 0, 0, 0, 1.0, 0]))
+        ad.blank_embed.copy_(torch.tensor([0, 0, 0, 0, 0, 7.0]))
+        ad.logit_scale.fill_(200.0)
+    tok = [torch.eye(6)[v] for v in range(4)]
+    blank = torch.tensor([0, 0, 0, 0, 1.0, 0])
+    x = torch.randn(3, 6)
+    assert torch.equal(ad.read_slots(x[:, None], table), ad(x, table))
+    slots = torch.stack([torch.stack([tok[1], tok[3]]), torch.stack([tok[2], blank]), torch.stack([blank, blank])])
+    torch.testing.assert_close(ad.read_slots(slots, table), torch.tensor(
+        [[0, 1.0, 0, 1.0, 0, 0],   # two words in one group: both reach the backbone
+         [0, 0, 1.0, 0, 0, 0],     # one word and a blank: the word alone, no blank vector
+         [0, 0, 0, 0, 0, 7.0]]))   # nothing said: the blank's vector
+
+
+def test_a_two_slot_model_emits_two_ctc_positions_per_group_and_feeds_their_sum():
+    model = slots_model(2).eval()
+    batch = synthetic_batch(model.config, batch_size=2)
+    feats, mask = batch["input_features"], batch["feature_attention_mask"]
+    with torch.no_grad():
+        logits, lens = model.speech_ctc_logits(feats, mask)
+        enc, lens25 = model.encode_speech(feats, mask)
+    assert lens.tolist() == [2 * ((int(n) + 4) // 5) for n in lens25]
+    assert logits.shape == (2, int(lens.max()), model.config.text_config.vocab_size + 1)
+    slots = model.audio_tower.continuous_slots(enc)
+    assert slots.shape == (2, (enc.shape[1] + 4) // 5, 2, enc.shape[-1])
+    # the CTC positions are the slots in time order
+    torch.testing.assert_close(
+        logits, model.speech_vocab_adapter.logits(slots.flatten(1, 2), model.ctc_table()), rtol=0, atol=0)
+
+    one = synthetic_batch(model.config, batch_size=1)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(one["input_ids"])
+        audio = model.embed_audio(
+            one["input_ids"], embeds, one["speech_ids"], one["speech_attention_mask"],
+            one["input_features"], one["feature_attention_mask"], one["feature_exist_mask"],
+        )
+        enc, _ = model.encode_speech(one["input_features"], one["feature_attention_mask"])
+        expected = model.read_user_speech(model.audio_tower.continuous_slots(enc))[0]
+    run = audio.runs[0]
+    torch.testing.assert_close(audio.inputs_embeds[run.row, run.start : run.end], expected[: run.length])
+    model.train()
+    out = model(**batch)
+    out.loss.backward()
+    assert model.speech_vocab_adapter.blank_embed.grad is not None
+
+
+def test_ctc_slots_are_checked():
+    from funaudiochat.config import FunAudioChatAudioEncoderConfig
+
+    with pytest.raises(ValueError, match=r"ctc_slots must be between 1 and group_size \(5\), got 6"):
+        FunAudioChatAudioEncoderConfig(continuous_adapter="vocab_ctc", ctc_slots=6)
+    with pytest.raises(ValueError, match="ctc_slots must be between 1 and group_size"):
+        FunAudioChatAudioEncoderConfig(continuous_adapter="vocab_ctc", ctc_slots=0)
+    with pytest.raises(ValueError, match="ctc_slots > 1 needs continuous_adapter='vocab_ctc', got 'linear'"):
+        FunAudioChatAudioEncoderConfig(ctc_slots=2)
+
+
+def test_a_two_slot_model_survives_save_and_load(tmp_path):
+    model = slots_model(2).eval()
+    model.save_pretrained(tmp_path)
+    again = FunAudioChatForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert again.config.audio_config.ctc_slots == 2
+    batch = synthetic_batch(model.config, batch_size=1)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
