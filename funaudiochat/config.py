@@ -90,11 +90,6 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     #: ``vocab_ctc`` only: the CTC reads over the first this-many rows of the backbone's embedding
     #: table (its own vocabulary, without tokens added for audio); null means every row.
     ctc_vocab_size: int | None = None
-    #: ``vocab_ctc`` only: CTC positions per 5 Hz group.  Each group's k frames are split into this
-    #: many consecutive runs, each read as one CTC position, and the backbone gets the sum of their
-    #: token mixes.  1 (one position per group) is the original layout; real questions need about 0.9
-    #: tokens per 5 Hz group and one in eight needs more than one, which a single position cannot emit.
-    ctc_slots: int = 1
     crq_transformer_config: dict | None = None
     enable_audio_invert_tower: bool = True
 
@@ -112,10 +107,6 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
             raise ValueError(f"ctc_vocab_size must be >= 1 or null, got {self.ctc_vocab_size}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if not 1 <= self.ctc_slots <= self.group_size:
-            raise ValueError(f"ctc_slots must be between 1 and group_size ({self.group_size}), got {self.ctc_slots}")
-        if self.ctc_slots > 1 and self.continuous_adapter != "vocab_ctc":
-            raise ValueError(f"ctc_slots > 1 needs continuous_adapter='vocab_ctc', got {self.continuous_adapter!r}")
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by encoder_attention_heads "

@@ -109,9 +109,6 @@ class BuildConfig:
     #: How a spoken reply's text sits in its audio run (``config.text_layout``): ``ahead`` as released,
     #: or ``paced`` (each word's tokens just before its speech; ``training/pacing.py``, session 14).
     text_layout: str = "ahead"
-    #: ``vocab_ctc`` only: CTC positions per 5 Hz group (``audio_config.ctc_slots``).  Session 17: real
-    #: questions need about 0.9 backbone tokens per group, more than one in one question of eight.
-    ctc_slots: int = 1
     # Speed (tempo and pitch) and level perturbation: each pass hears the few synthetic voices anew.
     ctc: StageSpec | None = field(default_factory=lambda: StageSpec(
         520, 1e-3, 1e-4, batch_size=16, warmup_ratio=0.05, trainable=list(CTC_TRAINABLE),
@@ -153,12 +150,6 @@ class BuildConfig:
             raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {self.text_layout!r}")
         if self.read_aloud < 0:
             raise ValueError(f"read_aloud must be >= 0, got {self.read_aloud}")
-        from funaudiochat.default_model.parts import GROUP_SIZE
-
-        if not 1 <= self.ctc_slots <= GROUP_SIZE:
-            raise ValueError(f"ctc_slots must be between 1 and {GROUP_SIZE}, got {self.ctc_slots}")
-        if self.ctc_slots > 1 and self.speech_adapter != "vocab_ctc":
-            raise ValueError(f"ctc_slots > 1 needs the vocab_ctc speech adapter, got {self.speech_adapter!r}")
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -364,7 +355,7 @@ def read_aloud_data(work: Path, cfg: BuildConfig) -> Path | None:
     return path if cfg.read_aloud and path.is_file() else None
 
 
-def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead", ctc_slots: int = 1) -> Path:
+def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead") -> Path:
     from funaudiochat.default_model.parts import assemble_default
     from funaudiochat.training.fsutil import atomic_directory
 
@@ -372,8 +363,7 @@ def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "
     if (init / "config.json").is_file():
         config = json.loads((init / "config.json").read_text())
         made_with = {"speech adapter": (config["audio_config"].get("continuous_adapter", "linear"), speech_adapter),
-                     "text layout": (config.get("text_layout", "ahead"), text_layout),
-                     "CTC slot count": (config["audio_config"].get("ctc_slots", 1), ctc_slots)}
+                     "text layout": (config.get("text_layout", "ahead"), text_layout)}
         for what, (value, wanted) in made_with.items():
             if value != wanted:
                 raise ValueError(
@@ -381,7 +371,7 @@ def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "
                     f"it would differ, so use a new --work folder (the questions, answers and speech data can "
                     f"be copied into it to skip their stages)")
         return init
-    model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter, ctc_slots=ctc_slots)
+    model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter)
     model.config.text_layout = text_layout
     with atomic_directory(init, overwrite=True) as tmp:
         model.save_pretrained(tmp)
@@ -484,8 +474,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
-    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout,
-                     ctc_slots=cfg.ctc_slots)
+    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)
@@ -520,7 +509,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
         vocab = timer.run("vocab_sentences", _vocab_stage, benchdata, data.ctc, work, cfg.vocab_sentences)
         ctc += [vocab] if vocab is not None else []
     read = timer.run("read_aloud", _read_aloud_stage, benchdata, work, cfg.read_aloud) if cfg.read_aloud else None
-    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout, cfg.ctc_slots)
+    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout)
     recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init),
                             read_aloud=read)
     if CTC_STAGE in recipes:

@@ -51,11 +51,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.speech_adapter != "vocab_ctc":
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.speech_adapter = args.speech_adapter
-    if args.ctc_slots != 1:
-        if args.speech_adapter != "vocab_ctc":
-            raise SystemExit(f"error: --ctc-slots applies to the vocab_ctc speech adapter, not {args.speech_adapter!r}")
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.ctc_slots = args.ctc_slots
     if args.text_layout != "ahead":
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.text_layout = args.text_layout
@@ -116,9 +111,6 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    help="how user speech reaches the backbone: 'vocab_ctc' (default) reads it as the "
                    "backbone's own tokens, trained first by CTC; 'linear' is the released adapter, as in "
                    "the builds before session 5 (docs/default-model.md)")
-    p.add_argument("--ctc-slots", type=int, choices=range(1, 6), default=1, metavar="{1..5}",
-                   help="vocab_ctc only: CTC positions per 5 Hz group (default 1); 2 lets a group pass on two "
-                   "tokens, which fast speech needs (docs/default-model.md, session 17)")
     p.add_argument("--text-layout", choices=("ahead", "paced"), default="ahead",
                    help="where a spoken reply's text tokens sit among its speech: 'ahead' (default, the "
                    "released layout) or 'paced' (each word just before its speech, <|sil|> between; "

@@ -267,14 +267,13 @@ def _versions() -> dict[str, str]:
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
                  info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
-                 text_layout: str = "ahead", ctc_slots: int = 1) -> Path:
+                 text_layout: str = "ahead") -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
     the same skeleton; packages without it predate the choice and are ``linear``.  ``text_layout``
     (``config.text_layout``) tells the engine how the model writes text while it speaks; packages
-    without it are ``ahead``.  ``ctc_slots`` (``audio_config.ctc_slots``) shapes the adapter's
-    reading; packages without it have one slot.
+    without it are ``ahead``.
     """
     from safetensors.torch import save_file
 
@@ -300,7 +299,6 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
             "speech_adapter": speech_adapter,
             "text_layout": text_layout,
-            "ctc_slots": ctc_slots,
         },
         "versions": _versions(),
         "build": dict(info or {}),
@@ -377,8 +375,7 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     adapter = manifest["applies_to"].get("speech_adapter", "linear")
     # Every random part of the skeleton, the added tokens' rows included, is overwritten below.
     model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False, speech_adapter=adapter,
-                                               init_new_rows=False,
-                                               ctc_slots=int(manifest["applies_to"].get("ctc_slots", 1)))
+                                               init_new_rows=False)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")

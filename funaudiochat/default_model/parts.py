@@ -30,7 +30,7 @@ GROUP_SIZE = 5
 
 
 def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bool = True, seed: int = 0,
-                     speech_adapter: str = "linear", init_new_rows: bool = True, ctc_slots: int = 1):
+                     speech_adapter: str = "linear", init_new_rows: bool = True):
     """(model, tokenizer, original_vocab) around SmolLM2-135M-Instruct and a Whisper tiny.en encoder.
 
     ``encoder_weights=False`` builds the encoder with the right shape but random weights (the loader
@@ -38,7 +38,6 @@ def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bo
     ``speech_adapter`` is the ``continuous_adapter`` mode; ``vocab_ctc`` reads over the backbone's
     original vocabulary (not the tokens added for audio).  ``init_new_rows=False`` leaves the added
     tokens' embedding rows unfitted (the loader overwrites them; fitting costs about 0.8 s).
-    ``ctc_slots`` is the adapter's CTC positions per 5 Hz group (``audio_config.ctc_slots``).
     """
     from funaudiochat.pretrained import smollm2_backbone_dir
 
@@ -46,10 +45,10 @@ def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bo
     # Seeded without disturbing the caller's random state (the loader is called from user code).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _assemble(backbone_dir, encoder_weights, speech_adapter, init_new_rows, ctc_slots)
+        return _assemble(backbone_dir, encoder_weights, speech_adapter, init_new_rows)
 
 
-def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, init_new_rows: bool, ctc_slots: int):
+def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, init_new_rows: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from funaudiochat.modeling.build import EncoderSpec, assemble_from_parts
@@ -68,8 +67,7 @@ def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, in
     model, tokenizer = assemble_from_parts(
         lm, tokenizer=tokenizer, encoder=spec, srh_config=dict(SRH_CONFIG), group_size=GROUP_SIZE,
         audio_overrides=dict(codebook_size=SPEECH_CODEBOOK + 4, bos_token_id=SPEECH_CODEBOOK,
-                             eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2,
-                             ctc_slots=ctc_slots),
+                             eos_token_id=SPEECH_CODEBOOK + 1, pad_token_id=SPEECH_CODEBOOK + 2),
         continuous_adapter=speech_adapter, mean_resizing=init_new_rows,
     )
     return model.float().eval(), tokenizer, original_vocab

@@ -37,7 +37,6 @@ from transformers.modeling_outputs import ModelOutput
 
 from funaudiochat.audio.features import batch_features
 from funaudiochat.duplex.timeline import ACTIONS, STEP_SECONDS
-from funaudiochat.modeling.grouping import pool_slots
 from funaudiochat.modeling.targets import srh_teacher_inputs
 
 logger = logging.getLogger(__name__)
@@ -157,10 +156,8 @@ def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor], project: 
     """
     enc = model.continuous_audio_tower
     param = next(enc.parameters())
-    slots = model.config.audio_config.ctc_slots
     if not windows:
-        shape = (0, slots) if slots > 1 else (0,)
-        return param.new_zeros(*shape, model.config.text_config.hidden_size)
+        return param.new_zeros(0, model.config.text_config.hidden_size)
     by_length: dict[int, list[int]] = {}
     for i, w in enumerate(windows):
         by_length.setdefault(w.numel(), []).append(i)
@@ -186,8 +183,7 @@ def _encode_windows(model: nn.Module, windows: Sequence[torch.Tensor], project: 
             last = frames[:, n - FRAMES_PER_STEP : n]
             if project:
                 last = model.audio_tower.continual_output_matching(last)
-            # With ctc_slots > 1 the adapter reads each slot's mean: [n, S, H] instead of [n, H].
-            pooled.append(pool_slots(last, slots) if slots > 1 else last.mean(dim=1))
+            pooled.append(last.mean(dim=1))
             order.extend(chunk)
     out = torch.cat(pooled)[torch.tensor(order, device=param.device).argsort()]
     return model.read_user_speech(out) if project else out
@@ -264,8 +260,8 @@ class UserFeatureCache:
                     self._items[key] = _encode_windows(model, windows, project=False)
             rows.append(self._items[key])
         width = max((int(n) for n in n_steps), default=0)
-        per_step = rows[0].shape[1:] if rows else (model.config.text_config.hidden_size,)
-        means = rows[0].new_zeros(len(rows), width, *per_step) if rows else torch.zeros(0, width, *per_step)
+        hidden = model.config.text_config.hidden_size
+        means = rows[0].new_zeros(len(rows), width, hidden) if rows else torch.zeros(0, width, hidden)
         for b, row in enumerate(rows):
             means[b, : row.shape[0]] = row
         return model.read_user_speech(model.audio_tower.continual_output_matching(means))

@@ -39,16 +39,6 @@ def group_frames(x: torch.Tensor, k: int, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown grouping mode {mode!r}")
 
 
-def pool_slots(groups: torch.Tensor, slots: int) -> torch.Tensor:
-    """[..., k, H] frames of each group -> [..., slots, H]: the mean of each of ``slots`` consecutive runs.
-
-    The runs are as even as ``tensor_split`` makes them (k = 5, slots = 2: frames 0-2 and 3-4).
-    """
-    if slots == 1:
-        return groups.mean(dim=-2, keepdim=True)
-    return torch.stack([run.mean(dim=-2) for run in groups.tensor_split(slots, dim=-2)], dim=-2)
-
-
 def ungroup_frames(x: torch.Tensor, k: int) -> torch.Tensor:
     """[B, L, k*H] -> [B, k*L, H]: sub-frame j of position p lands at index k*p + j (paper Eq. 3)."""
     b, length, kh = x.shape
@@ -79,17 +69,6 @@ class SpeechTokenGrouping(nn.Module):
         """25 Hz encoder features [N, T, H] -> 5 Hz vectors [N, ceil(T/k), H] (mean, then Linear)."""
         return self.continual_output_matching(group_frames(continuous_features, self.config.group_size, "mean"))
 
-    def continuous_slots(self, continuous_features: torch.Tensor) -> torch.Tensor:
-        """25 Hz encoder features [N, T, H] -> [N, ceil(T/k), S, H]: ``ctc_slots`` pooled runs per group.
-
-        What a ``vocab_ctc`` adapter reads; with one slot it is :meth:`group_continuous` with a
-        singleton slot axis.
-        """
-        k = self.config.group_size
-        x = pad_to_multiple(continuous_features, k, 0.0)
-        b, t, h = x.shape
-        return self.continual_output_matching(pool_slots(x.view(b, t // k, k, h), self.config.ctc_slots))
-
     def forward(
         self,
         speech_ids: torch.Tensor,
@@ -101,8 +80,7 @@ class SpeechTokenGrouping(nn.Module):
 
         ``continuous_features`` is [N, T, H] at 25 Hz (zero where an item has no waveform); rows with
         ``feature_exist_mask`` set take them in the configured fusion mode, after ``continuous_map``
-        (the model's ``vocab_ctc`` adapter, when it has one), which gets [n, L, H] or, with
-        ``ctc_slots`` > 1, [n, L, S, H].
+        (the model's ``vocab_ctc`` adapter, when it has one).
         """
         grouped = self.group_tokens(speech_ids)
         if continuous_features is None:
@@ -112,17 +90,14 @@ class SpeechTokenGrouping(nn.Module):
                 f"continuous features have {continuous_features.shape[1]} frames but speech ids have "
                 f"{speech_ids.shape[1]}; they must be aligned at 25 Hz"
             )
+        cont = self.group_continuous(continuous_features)
         if feature_exist_mask is None:
             feature_exist_mask = torch.ones(grouped.shape[0], dtype=torch.bool, device=grouped.device)
-        if continuous_map is None:
-            cont = self.group_continuous(continuous_features)
-        else:
+        if continuous_map is not None:
             # Only rows with a waveform are used below; mapping the others (spoken replies, often the
             # longest items) through a 49k-way adapter would be wasted work on every training step.
             rows = torch.nonzero(feature_exist_mask.to(torch.bool)).flatten()
-            slots = self.continuous_slots(continuous_features[rows])
-            read = continuous_map(slots if self.config.ctc_slots > 1 else slots[:, :, 0])
-            cont = read.new_zeros(grouped.shape[0], *read.shape[1:]).index_put((rows,), read)
+            cont = cont.index_put((rows,), continuous_map(cont[rows]))
         use = feature_exist_mask.to(torch.bool)[:, None, None]
         if self.config.continuous_features_mode == "replace":
             return torch.where(use, cont, grouped)

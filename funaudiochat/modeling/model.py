@@ -163,33 +163,21 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         return table if n is None else table[:n]
 
     def read_user_speech(self, vectors: torch.Tensor) -> torch.Tensor:
-        """5 Hz user-speech vectors -> what the backbone reads (the identity for the released adapter).
-
-        ``vectors`` is [..., H], or [..., S, H] (``SpeechTokenGrouping.continuous_slots``) when the
-        config has ``ctc_slots`` > 1.
-        """
+        """5 Hz user-speech vectors -> what the backbone reads (the identity for the released adapter)."""
         if self.speech_vocab_adapter is None:
             return vectors
-        if self.config.audio_config.ctc_slots > 1:
-            return self.speech_vocab_adapter.read_slots(vectors, self.ctc_table())
         return self.speech_vocab_adapter(vectors, self.ctc_table())
 
     def speech_ctc_logits(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CTC logits [B, T, V_ctc + 1] (blank last) of each utterance, and their lengths.
-
-        T is ``ctc_slots`` positions per 5 Hz group (one, at 5 Hz, unless the config says more).
-        """
+        """CTC logits [B, T5, V_ctc + 1] (blank last) of each utterance at 5 Hz, and their lengths."""
         if self.speech_vocab_adapter is None:
             raise ValueError("speech CTC needs a model with audio_config.continuous_adapter='vocab_ctc'")
         feats, lens = self.encode_speech(input_features, feature_attention_mask)
-        k, slots = self.group_size, self.config.audio_config.ctc_slots
-        if slots == 1:
-            vectors = self.audio_tower.group_continuous(feats)
-        else:
-            vectors = self.audio_tower.continuous_slots(feats).flatten(1, 2)
-        return self.speech_vocab_adapter.logits(vectors, self.ctc_table()), (lens + k - 1) // k * slots
+        vectors = self.audio_tower.group_continuous(feats)
+        k = self.group_size
+        return self.speech_vocab_adapter.logits(vectors, self.ctc_table()), (lens + k - 1) // k
 
     def _continuous_features(
         self,

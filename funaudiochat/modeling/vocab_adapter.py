@@ -40,15 +40,3 @@ class VocabCTCAdapter(nn.Module):
     def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """[..., H] vectors -> [..., H] posterior-weighted embeddings."""
         return self.mix(self.logits(x, table).float().softmax(dim=-1), table).to(x.dtype)
-
-    def read_slots(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """[..., S, H] CTC positions of each 5 Hz group -> [..., H]: what the backbone reads there.
-
-        The tokens of the S positions are summed, so a group that holds two words passes both on.
-        The blank vector counts with the chance that every position is blank (no token at all),
-        which for S = 1 is the blank's posterior, as in :meth:`forward`.
-        """
-        posterior = self.logits(x, table).float().softmax(dim=-1)
-        tokens = (posterior[..., :-1] @ table.float()).sum(dim=-2)
-        no_token = posterior[..., -1].prod(dim=-1, keepdim=True)
-        return (tokens + no_token * self.blank_embed.float()).to(x.dtype)

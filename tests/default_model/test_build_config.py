@@ -165,19 +165,3 @@ def test_read_aloud_turns_join_the_sft_stages_but_not_dpo_or_ctc(tmp_path):
     assert trains == {CTC_STAGE: [data / "c"], "pre_alignment": [data / "s", data / "r"],
                       "core_cocktail_stage1": [data / "s", data / "r"], "core_cocktail_stage2": [data / "s", data / "r"],
                       "dpo": [data / "p"]}
-
-
-def test_a_work_dir_made_with_another_ctc_slot_count_is_refused(tmp_path):
-    import json
-
-    from funaudiochat.default_model.build import _init_stage
-
-    (tmp_path / "init").mkdir()
-    (tmp_path / "init" / "config.json").write_text(json.dumps({"audio_config": {"continuous_adapter": "vocab_ctc"}}))
-    assert _init_stage(tmp_path, 0, "vocab_ctc", "ahead", 1) == tmp_path / "init"  # before session 17: one slot
-    with pytest.raises(ValueError, match="made with the 1 CTC slot count, this build uses 2"):
-        _init_stage(tmp_path, 0, "vocab_ctc", "ahead", 2)
-    with pytest.raises(ValueError, match="ctc_slots must be between 1 and 5, got 7"):
-        BuildConfig(ctc_slots=7)
-    with pytest.raises(ValueError, match="ctc_slots > 1 needs the vocab_ctc speech adapter, got 'linear'"):
-        BuildConfig(speech_adapter="linear", ctc_slots=2)

@@ -334,22 +334,3 @@ def test_shipped_duplex_recipe_runs_on_the_tiny_model(tmp_path):
                  "audio_invert_tower.pre_matching.weight"):
         assert not torch.equal(end[name], start[name]), name
     assert FunAudioChatForConditionalGeneration.from_pretrained(result.final_dir).duplex_head is not None
-
-
-def test_two_ctc_slots_stream_as_they_train():
-    """The duplex step features of a two-slot ``vocab_ctc`` model: cached or not, the same vectors."""
-    cfg = tiny_config()
-    cfg.audio_config.continuous_adapter = "vocab_ctc"
-    cfg.audio_config.ctc_slots = 2
-    torch.manual_seed(0)
-    model = enable_duplex(FunAudioChatForConditionalGeneration(cfg)).eval()
-    model.continuous_audio_tower.requires_grad_(False)
-    batch = DuplexCollator(processor(model))([(parse_record(hand_record(), check_audio=False), noise(14))])
-    adapter = DuplexForward(model)
-    with torch.no_grad():
-        ref = duplex_forward(model, batch)
-        cached = adapter(**batch)
-        again = adapter(**batch)
-    assert len(adapter.feature_cache) == 1
-    torch.testing.assert_close(cached.loss, ref.loss, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again.action_logits, ref.action_logits, atol=1e-5, rtol=1e-5)
