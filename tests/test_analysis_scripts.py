@@ -1,0 +1,63 @@
+"""The measuring helpers of the session-17 analysis scripts (``scripts/``): voiced span, heard words, bands."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_voiced_seconds_spans_first_to_last_loud_frame():
+    rate = load_script("ctc_errors_by_rate")
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = 0.5 * np.sin(2 * np.pi * 220 * t)
+    audio = np.concatenate([np.zeros(sr // 2), tone, np.zeros(sr // 4), tone[: sr // 2], np.zeros(sr)])
+    assert rate.voiced_seconds(audio, sr) == pytest.approx(1.0 + 0.25 + 0.5, abs=0.02)  # the pause inside counts
+    with pytest.raises(ValueError, match="silent recording"):
+        rate.voiced_seconds(np.zeros(sr), sr)
+
+
+def test_heard_share_counts_content_words_only():
+    heard = load_script("s2t_by_heard_words")
+    FUNCTION_WORDS = load_script("ctc_transcribe").FUNCTION_WORDS
+    assert heard.heard_share("What is the capital of France?", "what the capitol of france", FUNCTION_WORDS) == 0.5
+    assert heard.heard_share("Who was it?", "", FUNCTION_WORDS) == 1.0  # no content word to miss
+    assert heard.heard_share("Name a planet.", "name a planet<|endoftext|>", FUNCTION_WORDS) == 1.0
+
+
+def test_bands_join_typed_and_spoken_answers(tmp_path, capsys):
+    heard = load_script("s2t_by_heard_words")
+    items = [
+        {"id": "a", "set": "llama_questions", "mode": "text", "score": 1.0},
+        {"id": "a", "set": "llama_questions", "mode": "s2t", "score": 1.0},
+        {"id": "b", "set": "llama_questions", "mode": "text", "score": 1.0},
+        {"id": "b", "set": "llama_questions", "mode": "s2t", "score": 0.0},
+        {"id": "c", "set": "llama_questions", "mode": "text", "score": 0.0},
+        {"id": "c", "set": "llama_questions", "mode": "s2t", "score": 1.0},
+        {"id": "d", "set": "web_questions", "mode": "s2t", "score": 1.0},  # another set: ignored
+    ]
+    ctc = [
+        {"id": "a", "reference": "What is the capital of France?", "ctc": "what is the capital of france"},
+        {"id": "b", "reference": "What is the capital of France?", "ctc": "what is the"},
+        {"id": "c", "reference": "Which planet is largest?", "ctc": "which planet is large"},
+    ]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    (tmp_path / "ctc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctc))
+    assert heard.main([str(tmp_path / "items.jsonl"), str(tmp_path / "ctc.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 3
+    assert {b["heard"]: (b["n"], b["text_right"], b["s2t_right_of_text_right"], b["s2t_right"]) for b in report["bands"]} == {
+        "none": (1, 1, 0, 0), "under half": (0, 0, 0, 0), "half or more, not all": (1, 0, 0, 1), "all": (1, 1, 1, 1)}
+    with pytest.raises(SystemExit, match="no 'triviaqa' question"):
+        heard.main([str(tmp_path / "items.jsonl"), str(tmp_path / "ctc.jsonl"), "--set", "triviaqa"])
