@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
-    import jiwer
     import soundfile as sf
     from transformers import AutoTokenizer
 
     from funaudiochat.evaluation.normalize import normalize_text
+    from funaudiochat.evaluation.wer import corpus_wer
     from funaudiochat.pretrained import smollm2_backbone_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_backbone_dir())
@@ -68,18 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {args.rows}: id {row['id']!r} is not in {args.data}")
         audio, sr = sf.read(root / items[row["id"]]["audio_file"], dtype="float32")
         ref = normalize_text(row["reference"])
-        hyp = normalize_text(row["ctc"].replace("<|endoftext|>", " "))
         tokens = len(tokenizer(" " + ref, add_special_tokens=False)["input_ids"])
         rates.append(tokens / (voiced_seconds(audio, sr) * 5))
-        # jiwer refuses an empty hypothesis; an empty transcript deletes every word.
-        words = len(ref.split())
-        if hyp:
-            out = jiwer.process_words(ref, hyp)
-            wers.append((out.substitutions + out.deletions + out.insertions) / words)
-            dels.append(out.deletions / words)
-        else:
-            wers.append(1.0)
-            dels.append(1.0)
+        edits = corpus_wer([row["reference"]], [row["ctc"].replace("<|endoftext|>", " ")])
+        wers.append(edits.rate)
+        dels.append(edits.deletions / edits.ref_len)
     rate, wer, dele = np.array(rates), np.array(wers), np.array(dels)
     report = {
         "rows": str(args.rows), "n": int(rate.size),

@@ -29,16 +29,27 @@ FUNCTION_WORDS = frozenset(
     "for with and or from as that this it its be been has have had our your their his her most first".split())
 
 
-def word_recall(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """Share of reference words (normalised) found anywhere in the transcript, content vs function words."""
+def heard_words(reference: str, transcript: str) -> list[tuple[str, bool]]:
+    """Each normalised reference word and whether the transcript holds it anywhere (order ignored)."""
     from funaudiochat.evaluation.normalize import normalize_text
 
+    heard = set(normalize_text(transcript.replace("<|endoftext|>", " ")).split())
+    return [(word, word in heard) for word in normalize_text(reference).split()]
+
+
+def heard_share(reference: str, transcript: str) -> float:
+    """Share of the reference's content words the transcript holds (1.0 if it has none)."""
+    content = [hit for word, hit in heard_words(reference, transcript) if word not in FUNCTION_WORDS]
+    return sum(content) / len(content) if content else 1.0
+
+
+def word_recall(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Share of reference words (normalised) found anywhere in the transcript, content vs function words."""
     found = {"content": [0, 0], "function": [0, 0]}
     for ref, hyp in zip(references, hypotheses):
-        heard = set(normalize_text(hyp).split())
-        for word in normalize_text(ref).split():
+        for word, hit in heard_words(ref, hyp):
             kind = found["function" if word in FUNCTION_WORDS else "content"]
-            kind[0] += word in heard
+            kind[0] += hit
             kind[1] += 1
     return {f"{k}_word_recall": round(hit / total, 4) if total else 0.0 for k, (hit, total) in found.items()}
 

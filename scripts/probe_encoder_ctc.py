@@ -116,14 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import jiwer
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ctc_transcribe import word_recall
 
     from funaudiochat.audio.tokenizer import build_whisper_encoder
-    from funaudiochat.evaluation.normalize import normalize_text
+    from funaudiochat.evaluation.wer import corpus_wer
     from funaudiochat.pretrained import smollm2_backbone_dir
     from funaudiochat.training.ctc import greedy_decode, transcript_ids
 
@@ -179,12 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             for i, ids in zip(idx, greedy_decode(logits, out_lens)):
                 refs.append(eval_items[i][1])
                 hyps.append(tok.decode(ids, skip_special_tokens=True))
-    norm_refs = [normalize_text(r) for r in refs]
-    norm_hyps = [normalize_text(h) or "<empty>" for h in hyps]
     report = {
         "encoder": args.encoder, "train_items": len(train_items), "eval": str(args.eval), "n": len(refs),
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "seed": args.seed,
-        "wer": round(jiwer.wer(norm_refs, norm_hyps), 4), **word_recall(refs, hyps),
+        "wer": round(corpus_wer(refs, hyps).rate, 4), **word_recall(refs, hyps),
         "loss_last_100": round(float(np.mean(losses[-100:])), 4),
         "encode_s": round(encode_s, 1), "train_s": round(train_s, 1),
     }

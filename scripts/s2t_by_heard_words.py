@@ -4,8 +4,8 @@
 
 ITEMS is a ``funaudiochat eval`` ``items.jsonl`` holding the same questions in ``text`` and ``s2t``
 mode; CTC_ROWS is ``scripts/ctc_transcribe.py --out`` for the same recordings.  Each question is put
-in a band by the share of its content words (not in ``ctc_transcribe.FUNCTION_WORDS``) that appear
-in its transcript; for each band the report gives the questions, those answered right when typed,
+in a band by the share of its content words that appear in its transcript
+(``ctc_transcribe.heard_share``); for each band the report gives the questions, those answered right when typed,
 and of those the ones answered right when spoken.  If spoken answers fail where typed ones succeed
 even with every content word heard, the backbone does not read its input; if they succeed there,
 recognition is the limit (session 17, docs/default-model.md).  JSON on stdout.
@@ -21,15 +21,6 @@ from pathlib import Path
 BANDS = (("none", 0.0, 0.0), ("under half", 1e-9, 0.5 - 1e-9), ("half or more, not all", 0.5, 1 - 1e-9), ("all", 1.0, 1.0))
 
 
-def heard_share(reference: str, transcript: str, function_words: frozenset[str]) -> float:
-    """Share of the reference's content words found anywhere in the transcript (1.0 if it has none)."""
-    from funaudiochat.evaluation.normalize import normalize_text
-
-    heard = set(normalize_text(transcript.replace("<|endoftext|>", " ")).split())
-    words = [w for w in normalize_text(reference).split() if w not in function_words]
-    return sum(w in heard for w in words) / len(words) if words else 1.0
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
@@ -42,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ctc_transcribe import FUNCTION_WORDS
+    from ctc_transcribe import heard_share
 
     rows = read_jsonl(args.items)
     by_mode = {m: {r["id"]: r for r in rows if r["set"] == args.set and r["mode"] == m} for m in ("text", "s2t")}
@@ -50,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [i for i in by_mode["s2t"] if i in by_mode["text"] and i in ctc]
     if not ids:
         raise SystemExit(f"error: no {args.set!r} question has text and s2t rows in {args.items} and a transcript in {args.ctc_rows}")
-    share = {i: heard_share(ctc[i]["reference"], ctc[i]["ctc"], FUNCTION_WORDS) for i in ids}
+    share = {i: heard_share(ctc[i]["reference"], ctc[i]["ctc"]) for i in ids}
     bands = []
     for name, lo, hi in BANDS:
         sel = [i for i in ids if lo <= share[i] <= hi]

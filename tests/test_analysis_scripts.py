@@ -29,11 +29,12 @@ def test_voiced_seconds_spans_first_to_last_loud_frame():
 
 
 def test_heard_share_counts_content_words_only():
-    heard = load_script("s2t_by_heard_words")
-    FUNCTION_WORDS = load_script("ctc_transcribe").FUNCTION_WORDS
-    assert heard.heard_share("What is the capital of France?", "what the capitol of france", FUNCTION_WORDS) == 0.5
-    assert heard.heard_share("Who was it?", "", FUNCTION_WORDS) == 1.0  # no content word to miss
-    assert heard.heard_share("Name a planet.", "name a planet<|endoftext|>", FUNCTION_WORDS) == 1.0
+    ctc = load_script("ctc_transcribe")
+    assert ctc.heard_share("What is the capital of France?", "what the capitol of france") == 0.5
+    assert ctc.heard_share("Who was it?", "") == 1.0  # no content word to miss
+    assert ctc.heard_share("Name a planet.", "name a planet<|endoftext|>") == 1.0
+    assert ctc.word_recall(["What is the capital of France?"], ["what the capitol of france"]) == {
+        "content_word_recall": 0.5, "function_word_recall": 0.75}
 
 
 def test_bands_join_typed_and_spoken_answers(tmp_path, capsys):
