@@ -140,9 +140,17 @@ class BuildConfig:
     #: SRH stage's rows.  0 (none) by default: sessions 14 and 15 measured a small gain on the SRH
     #: alone (docs/default-model.md); no full build has used them yet.
     read_aloud: int = 0
+    #: The pip Whisper encoder the speech-in path starts from (``parts.ENCODER_SHAPES``).
+    encoder: str = "tiny.en"
+    #: Keep the pretrained Whisper layers frozen in every stage, the CTC stage included, so that only the
+    #: adapter behind them learns; the package then leaves them out and the loader takes them from pip.
+    #: Session 17 measured a frozen base under a CTC readout hearing more real speech than any fine-tuned
+    #: tiny.en (docs/default-model.md).
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         from funaudiochat.config import ADAPTER_MODES, TEXT_LAYOUTS
+        from funaudiochat.default_model.parts import ENCODER_SHAPES
 
         if self.speech_adapter not in ADAPTER_MODES:
             raise ValueError(f"speech_adapter must be one of {ADAPTER_MODES}, got {self.speech_adapter!r}")
@@ -150,6 +158,8 @@ class BuildConfig:
             raise ValueError(f"text_layout must be one of {TEXT_LAYOUTS}, got {self.text_layout!r}")
         if self.read_aloud < 0:
             raise ValueError(f"read_aloud must be >= 0, got {self.read_aloud}")
+        if self.encoder not in ENCODER_SHAPES:
+            raise ValueError(f"encoder must be one of {sorted(ENCODER_SHAPES)}, got {self.encoder!r}")
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -294,7 +304,10 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
         "core_cocktail_stage2": runs / "merged" if merge else runs / "core_cocktail_stage1" / "final",
         "dpo": out_runs / "core_cocktail_stage2" / "final",
     }
-    frozen = FROZEN_AFTER_CTC if cfg.speech_adapter == "vocab_ctc" and cfg.freeze_speech_in else []
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+
+    whisper = list(WHISPER_PREFIXES) if cfg.freeze_encoder else []
+    frozen = FROZEN_AFTER_CTC if cfg.speech_adapter == "vocab_ctc" and cfg.freeze_speech_in else whisper
     if cfg.train_new_tokens and original_vocab is None:
         raise ValueError("BuildConfig.train_new_tokens needs the backbone's original vocabulary size")
     rows = original_vocab if cfg.train_new_tokens else None
@@ -310,7 +323,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
             raise ValueError("a vocab_ctc build needs the CTC data and BuildConfig.ctc")
         r = _recipe(CTC_STAGE, cfg.ctc, {"path": str(work / "init"), "dtype": "float32"},
                     list(ctc) if isinstance(ctc, list) else ctc,
-                    runs / CTC_STAGE, cfg.seed + len(STAGES), False, stage="ctc")
+                    runs / CTC_STAGE, cfg.seed + len(STAGES), False, stage="ctc", frozen=whisper)
         out[CTC_STAGE] = rdir / f"{CTC_STAGE}.yaml"
         out[CTC_STAGE].write_text(yaml.safe_dump(r, sort_keys=False))
     return out
@@ -355,7 +368,8 @@ def read_aloud_data(work: Path, cfg: BuildConfig) -> Path | None:
     return path if cfg.read_aloud and path.is_file() else None
 
 
-def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead") -> Path:
+def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "ahead",
+                encoder: str = "tiny.en") -> Path:
     from funaudiochat.default_model.parts import assemble_default
     from funaudiochat.training.fsutil import atomic_directory
 
@@ -363,7 +377,8 @@ def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "
     if (init / "config.json").is_file():
         config = json.loads((init / "config.json").read_text())
         made_with = {"speech adapter": (config["audio_config"].get("continuous_adapter", "linear"), speech_adapter),
-                     "text layout": (config.get("text_layout", "ahead"), text_layout)}
+                     "text layout": (config.get("text_layout", "ahead"), text_layout),
+                     "speech encoder": (_init_parts(init).get("encoder", "tiny.en"), encoder)}
         for what, (value, wanted) in made_with.items():
             if value != wanted:
                 raise ValueError(
@@ -371,18 +386,28 @@ def _init_stage(work: Path, seed: int, speech_adapter: str, text_layout: str = "
                     f"it would differ, so use a new --work folder (the questions, answers and speech data can "
                     f"be copied into it to skip their stages)")
         return init
-    model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter)
+    model, tok, vocab = assemble_default(seed=seed, speech_adapter=speech_adapter, encoder=encoder)
     model.config.text_layout = text_layout
     with atomic_directory(init, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "original_vocab.json").write_text(json.dumps({"original_vocab": vocab}))
+        (tmp / "original_vocab.json").write_text(json.dumps({"original_vocab": vocab, "encoder": encoder}))
     return init
 
 
+def _init_parts(init: Path) -> dict[str, Any]:
+    """What the init stage recorded: the backbone's vocabulary before the audio tokens were added and the
+    Whisper encoder (init dirs from before session 18 lack it: they are tiny.en)."""
+    path = init / "original_vocab.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _original_vocab(init: Path) -> int:
-    """The backbone's vocabulary before the audio tokens were added (written by the init stage)."""
-    return json.loads((init / "original_vocab.json").read_text())["original_vocab"]
+    vocab = _init_parts(init).get("original_vocab")
+    if vocab is None:
+        raise FileNotFoundError(f"{init / 'original_vocab.json'} is missing; the init stage did not finish, "
+                                "delete that folder and rerun the build")
+    return vocab
 
 
 def _train_stage(recipe_path: Path) -> None:
@@ -467,14 +492,16 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     base = FunAudioChatForConditionalGeneration.from_pretrained(init, dtype=torch.float32).eval()
     base_lm = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(pkg.LM_PREFIX)}
     trained = FunAudioChatForConditionalGeneration.from_pretrained(final_model_dir(work), dtype=torch.float32).eval()
-    files = pkg.extract_package(trained, base_lm, vocab, cfg.total_lora_rank)
-    shipped = pkg.apply_package(base, files, vocab).eval()  # the model the package describes
+    unshipped = pkg.pip_encoder_prefixes(trained, base) if cfg.freeze_encoder else ()
+    files = pkg.extract_package(trained, base_lm, vocab, cfg.total_lora_rank, unshipped=unshipped)
+    shipped = pkg.apply_package(base, files, vocab, unshipped=unshipped).eval()  # the model the package describes
     tok = AutoTokenizer.from_pretrained(init)
     diff = float((_logits(shipped, tok) - _logits(trained, tok)).abs().max())
     logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
-    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout)
+    pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout,
+                     encoder=cfg.encoder, encoder_shipped=not unshipped)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)
@@ -509,7 +536,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
         vocab = timer.run("vocab_sentences", _vocab_stage, benchdata, data.ctc, work, cfg.vocab_sentences)
         ctc += [vocab] if vocab is not None else []
     read = timer.run("read_aloud", _read_aloud_stage, benchdata, work, cfg.read_aloud) if cfg.read_aloud else None
-    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout)
+    init = timer.run("init_model", _init_stage, work, cfg.seed, cfg.speech_adapter, cfg.text_layout, cfg.encoder)
     recipes = write_recipes(work, cfg, data.sft, data.dpo, ctc=ctc, original_vocab=_original_vocab(init),
                             read_aloud=read)
     if CTC_STAGE in recipes:

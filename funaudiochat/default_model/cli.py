@@ -70,6 +70,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.train_new_tokens:
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.train_new_tokens = True
+    if args.encoder != "tiny.en" or args.freeze_encoder:
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.encoder, cfg.freeze_encoder = args.encoder, args.freeze_encoder
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -132,6 +135,12 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    help="train the embedding rows of the added audio tokens in the stages after the CTC "
                    "stage (the default keeps their initial values, as the shipped model did; not yet "
                    "measured in a full build, docs/default-model.md)")
+    p.add_argument("--encoder", choices=("tiny.en", "base"), default="tiny.en",
+                   help="the pip Whisper encoder of the speech-in path (default tiny.en, as shipped; base hears "
+                   "more real speech, docs/default-model.md, session 17)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="keep the Whisper layers as pip ships them in every stage, the CTC stage included "
+                   "(only the adapter behind them trains); the package then leaves them out")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

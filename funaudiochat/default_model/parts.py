@@ -16,10 +16,18 @@ import torch
 logger = logging.getLogger(__name__)
 
 SPEECH_CODEBOOK = 1024
+#: The pip Whisper encoders the model can start from, with their shapes (checked against the pip
+#: weights whenever they are loaded).  Session 17 found that a frozen base hears more content words
+#: of real speech than tiny.en under the same readout (docs/default-model.md).
+ENCODER_SHAPES: dict[str, dict[str, int]] = {
+    "tiny.en": dict(num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6,
+                    encoder_ffn_dim=1536, max_source_positions=1500),
+    "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8,
+                 encoder_ffn_dim=2048, max_source_positions=1500),
+}
 ENCODER_NAME = "tiny.en"
-#: Whisper tiny.en encoder shape (checked against the pip weights whenever they are loaded).
-ENCODER_SHAPE = dict(num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                     encoder_ffn_dim=1536, max_source_positions=1500)
+#: Parameter prefixes of the pretrained Whisper layers inside the model (not the adapter behind them).
+WHISPER_PREFIXES = tuple(f"continuous_audio_tower.{m}." for m in ("conv1", "conv2", "layers", "ln_post"))
 #: A small Qwen3 body for the Speech Refined Head (the released SRH is Qwen3-0.6B).
 SRH_CONFIG: dict[str, Any] = {
     "model_type": "qwen3", "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
@@ -30,25 +38,28 @@ GROUP_SIZE = 5
 
 
 def assemble_default(backbone_dir: str | Path | None = None, encoder_weights: bool = True, seed: int = 0,
-                     speech_adapter: str = "linear", init_new_rows: bool = True):
-    """(model, tokenizer, original_vocab) around SmolLM2-135M-Instruct and a Whisper tiny.en encoder.
+                     speech_adapter: str = "linear", init_new_rows: bool = True, encoder: str = ENCODER_NAME):
+    """(model, tokenizer, original_vocab) around SmolLM2-135M-Instruct and a pip Whisper encoder.
 
     ``encoder_weights=False`` builds the encoder with the right shape but random weights (the loader
     overwrites them from the shipped file).  ``seed`` fixes the fresh modules and new embedding rows.
     ``speech_adapter`` is the ``continuous_adapter`` mode; ``vocab_ctc`` reads over the backbone's
     original vocabulary (not the tokens added for audio).  ``init_new_rows=False`` leaves the added
     tokens' embedding rows unfitted (the loader overwrites them; fitting costs about 0.8 s).
+    ``encoder`` is a key of :data:`ENCODER_SHAPES`.
     """
     from funaudiochat.pretrained import smollm2_backbone_dir
 
+    if encoder not in ENCODER_SHAPES:
+        raise ValueError(f"unknown speech encoder {encoder!r}; choose one of {sorted(ENCODER_SHAPES)}")
     backbone_dir = Path(backbone_dir) if backbone_dir is not None else smollm2_backbone_dir()
     # Seeded without disturbing the caller's random state (the loader is called from user code).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _assemble(backbone_dir, encoder_weights, speech_adapter, init_new_rows)
+        return _assemble(backbone_dir, encoder_weights, speech_adapter, init_new_rows, encoder)
 
 
-def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, init_new_rows: bool):
+def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, init_new_rows: bool, encoder: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from funaudiochat.modeling.build import EncoderSpec, assemble_from_parts
@@ -57,13 +68,14 @@ def _assemble(backbone_dir: Path, encoder_weights: bool, speech_adapter: str, in
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
     lm = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32)
     original_vocab = lm.get_input_embeddings().weight.shape[0]
+    shape = ENCODER_SHAPES[encoder]
     if encoder_weights:
-        spec = whisper_encoder(ENCODER_NAME)
-        got = {k: getattr(spec, k) for k in ENCODER_SHAPE}
-        if got != ENCODER_SHAPE:
-            raise ValueError(f"Whisper {ENCODER_NAME} weights have shape {got}, expected {ENCODER_SHAPE}")
+        spec = whisper_encoder(encoder)
+        got = {k: getattr(spec, k) for k in shape}
+        if got != shape:
+            raise ValueError(f"Whisper {encoder} weights have shape {got}, expected {shape}")
     else:
-        spec = EncoderSpec(**ENCODER_SHAPE)
+        spec = EncoderSpec(**shape)
     model, tokenizer = assemble_from_parts(
         lm, tokenizer=tokenizer, encoder=spec, srh_config=dict(SRH_CONFIG), group_size=GROUP_SIZE,
         audio_overrides=dict(codebook_size=SPEECH_CODEBOOK + 4, bos_token_id=SPEECH_CODEBOOK,

