@@ -245,9 +245,15 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
     ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match;
     ``new_token_rows`` becomes ``train.new_token_rows``.
     """
+    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+
     stage = stage or ("dpo" if dpo else "sft")
     frozen = frozen or []
     lr_scale = {k: v for k, v in spec.lr_scale.items() if not any(k.startswith(f) for f in frozen)}
+    if all(w in frozen for w in WHISPER_PREFIXES):
+        # The encoder's scale governs only the Whisper layers (the adapter and the bos/eos rows have their
+        # own), and the trainer refuses a scale that no trainable parameter falls under.
+        lr_scale.pop(ENCODER_PREFIX, None)
     train: dict[str, Any] = {"max_steps": spec.max_steps, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum,
                              "freeze": list(spec.freeze) + [f for f in frozen if f not in spec.freeze], "mixed_precision": spec.mixed_precision, "max_grad_norm": 1.0,
                              "seed": seed}

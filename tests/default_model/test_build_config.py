@@ -176,6 +176,7 @@ def test_freeze_encoder_keeps_the_whisper_layers_out_of_every_stage(tmp_path):
     ctc = load_recipe(paths[CTC_STAGE])
     assert ctc.train.trainable == CTC_TRAINABLE and ctc.train.freeze == list(WHISPER_PREFIXES)
     assert ctc.optim.lr_scale[ADAPTER_PREFIX] == 1.0  # the adapter behind the frozen layers trains at full lr
+    assert ENCODER_PREFIX not in ctc.optim.lr_scale  # it would scale nothing, which the trainer refuses
     for name in STAGES:  # the later stages freeze the whole CTC-trained path, the layers with it
         freeze = load_recipe(paths[name]).train.freeze
         assert all(any(w.startswith(f) for f in freeze) for w in WHISPER_PREFIXES)
@@ -198,3 +199,28 @@ def test_a_work_dir_made_with_another_encoder_is_refused(tmp_path):
     assert _init_stage(tmp_path, 0, "vocab_ctc", "ahead", "tiny.en") == tmp_path / "init"  # before session 18
     with pytest.raises(ValueError, match="made with the 'tiny.en' speech encoder, this build uses 'base'"):
         _init_stage(tmp_path, 0, "vocab_ctc", "ahead", "base")
+
+
+def test_every_stage_of_a_frozen_encoder_build_gets_an_optimizer(tmp_path):
+    """The trainer refuses an lr scale that no trainable parameter falls under; none is left over."""
+    import torch
+
+    from funaudiochat.config import tiny_config
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.training.model_setup import configure_trainable
+    from funaudiochat.training.trainer import build_optimizer
+
+    cfg = tiny_config()
+    cfg.audio_config.continuous_adapter = "vocab_ctc"
+    model = FunAudioChatForConditionalGeneration(cfg)
+    data = tmp_path / "d"
+    for build in (BuildConfig(encoder="base", freeze_encoder=True),
+                  BuildConfig(speech_adapter="linear", freeze_encoder=True)):
+        paths = _recipes(tmp_path / build.speech_adapter, build, data / "s", data / "p", ctc=data / "c")
+        for name in (CTC_STAGE, "pre_alignment", "core_cocktail_stage1"):
+            if name not in paths:
+                continue
+            r = load_recipe(paths[name])
+            trained = configure_trainable(model, r.train.freeze, r.train.trainable)
+            assert trained and not any(n.startswith("continuous_audio_tower.layers.") for n in trained)
+            assert isinstance(build_optimizer(model, r), torch.optim.AdamW)
