@@ -142,11 +142,12 @@ class BuildConfig:
     read_aloud: int = 0
     #: The pip Whisper encoder the speech-in path starts from (``parts.ENCODER_SHAPES``).
     encoder: str = "tiny.en"
-    #: Keep the pretrained Whisper layers frozen in every stage, the CTC stage included, so that only the
-    #: adapter behind them learns; the package then leaves them out and the loader takes them from pip.
-    #: Session 17 measured a frozen base under a CTC readout hearing more real speech than any fine-tuned
-    #: tiny.en (docs/default-model.md).
-    freeze_encoder: bool = False
+    #: Train only the top N Whisper layers (and its final layer norm when N > 0) in the CTC stage; the
+    #: convolutions and the lower layers stay as pip ships them in every stage, so the package leaves them
+    #: out and the loader takes them from pip.  None: every layer trains, as tiny.en always did.  Session
+    #: 17 measured a frozen base under a CTC readout hearing more real speech than any fine-tuned tiny.en;
+    #: session 18 found the model's own readout linear, so a frozen encoder leaves it no non-linearity.
+    encoder_trainable_layers: int | None = None
 
     def __post_init__(self) -> None:
         from funaudiochat.config import ADAPTER_MODES, TEXT_LAYOUTS
@@ -160,6 +161,15 @@ class BuildConfig:
             raise ValueError(f"read_aloud must be >= 0, got {self.read_aloud}")
         if self.encoder not in ENCODER_SHAPES:
             raise ValueError(f"encoder must be one of {sorted(ENCODER_SHAPES)}, got {self.encoder!r}")
+        self.frozen_encoder_prefixes()  # checks the layer count against the encoder
+
+    def frozen_encoder_prefixes(self) -> tuple[str, ...]:
+        """The Whisper parts no stage trains (none unless ``encoder_trainable_layers`` is set)."""
+        from funaudiochat.default_model.parts import frozen_whisper_prefixes
+
+        if self.encoder_trainable_layers is None:
+            return ()
+        return frozen_whisper_prefixes(self.encoder, self.encoder_trainable_layers)
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -239,21 +249,18 @@ class _Timer:
 
 
 def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], out: Path, seed: int, dpo: bool,
-            stage: str | None = None, frozen: list[str] | None = None, new_token_rows: int | None = None) -> dict:
+            stage: str | None = None, frozen: list[str] | None = None, new_token_rows: int | None = None,
+            drop_scales: tuple[str, ...] = ()) -> dict:
     """A stage's recipe as plain data; ``stage`` overrides the sft/dpo choice of ``dpo`` (``"duplex"``).
 
-    ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match;
+    ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match, and
+    ``drop_scales`` drops more (the trainer refuses a scale no trainable parameter falls under);
     ``new_token_rows`` becomes ``train.new_token_rows``.
     """
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES
-
     stage = stage or ("dpo" if dpo else "sft")
     frozen = frozen or []
-    lr_scale = {k: v for k, v in spec.lr_scale.items() if not any(k.startswith(f) for f in frozen)}
-    if all(w in frozen for w in WHISPER_PREFIXES):
-        # The encoder's scale governs only the Whisper layers (the adapter and the bos/eos rows have their
-        # own), and the trainer refuses a scale that no trainable parameter falls under.
-        lr_scale.pop(ENCODER_PREFIX, None)
+    lr_scale = {k: v for k, v in spec.lr_scale.items()
+                if k not in drop_scales and not any(k.startswith(f) for f in frozen)}
     train: dict[str, Any] = {"max_steps": spec.max_steps, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum,
                              "freeze": list(spec.freeze) + [f for f in frozen if f not in spec.freeze], "mixed_precision": spec.mixed_precision, "max_grad_norm": 1.0,
                              "seed": seed}
@@ -310,10 +317,11 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
         "core_cocktail_stage2": runs / "merged" if merge else runs / "core_cocktail_stage1" / "final",
         "dpo": out_runs / "core_cocktail_stage2" / "final",
     }
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES
-
-    whisper = list(WHISPER_PREFIXES) if cfg.freeze_encoder else []
+    whisper = list(cfg.frozen_encoder_prefixes())
     frozen = FROZEN_AFTER_CTC if cfg.speech_adapter == "vocab_ctc" and cfg.freeze_speech_in else whisper
+    # With no Whisper layer left to train, the encoder's scale would govern nothing (the adapter and the
+    # bos/eos rows have their own).
+    drop = (ENCODER_PREFIX,) if cfg.encoder_trainable_layers == 0 else ()
     if cfg.train_new_tokens and original_vocab is None:
         raise ValueError("BuildConfig.train_new_tokens needs the backbone's original vocabulary size")
     rows = original_vocab if cfg.train_new_tokens else None
@@ -321,7 +329,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
         data = dpo if name == "dpo" else [sft, read_aloud] if read_aloud else sft
         r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"}, data, out_runs / name,
-                    cfg.seed + i, name == "dpo", frozen=frozen, new_token_rows=rows)
+                    cfg.seed + i, name == "dpo", frozen=frozen, new_token_rows=rows, drop_scales=drop)
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
     if with_ctc:
@@ -329,7 +337,7 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
             raise ValueError("a vocab_ctc build needs the CTC data and BuildConfig.ctc")
         r = _recipe(CTC_STAGE, cfg.ctc, {"path": str(work / "init"), "dtype": "float32"},
                     list(ctc) if isinstance(ctc, list) else ctc,
-                    runs / CTC_STAGE, cfg.seed + len(STAGES), False, stage="ctc", frozen=whisper)
+                    runs / CTC_STAGE, cfg.seed + len(STAGES), False, stage="ctc", frozen=whisper, drop_scales=drop)
         out[CTC_STAGE] = rdir / f"{CTC_STAGE}.yaml"
         out[CTC_STAGE].write_text(yaml.safe_dump(r, sort_keys=False))
     return out
@@ -498,7 +506,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     base = FunAudioChatForConditionalGeneration.from_pretrained(init, dtype=torch.float32).eval()
     base_lm = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(pkg.LM_PREFIX)}
     trained = FunAudioChatForConditionalGeneration.from_pretrained(final_model_dir(work), dtype=torch.float32).eval()
-    unshipped = pkg.pip_encoder_prefixes(trained, base) if cfg.freeze_encoder else ()
+    unshipped = pkg.pip_encoder_prefixes(trained, base, cfg.frozen_encoder_prefixes())
     files = pkg.extract_package(trained, base_lm, vocab, cfg.total_lora_rank, unshipped=unshipped)
     shipped = pkg.apply_package(base, files, vocab, unshipped=unshipped).eval()  # the model the package describes
     tok = AutoTokenizer.from_pretrained(init)
@@ -507,7 +515,7 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
     pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout,
-                     encoder=cfg.encoder, encoder_shipped=not unshipped)
+                     encoder=cfg.encoder, from_pip=unshipped)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)

@@ -70,9 +70,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.train_new_tokens:
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
         cfg.train_new_tokens = True
-    if args.encoder != "tiny.en" or args.freeze_encoder:
+    if args.encoder != "tiny.en" or args.encoder_trainable_layers is not None:
         cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.encoder, cfg.freeze_encoder = args.encoder, args.freeze_encoder
+        cfg.encoder, cfg.encoder_trainable_layers = args.encoder, args.encoder_trainable_layers
+        try:
+            cfg.frozen_encoder_prefixes()
+        except ValueError as exc:
+            raise SystemExit(f"error: --encoder-trainable-layers: {exc}") from None
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -138,9 +142,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", choices=("tiny.en", "base"), default="tiny.en",
                    help="the pip Whisper encoder of the speech-in path (default tiny.en, as shipped; base hears "
                    "more real speech, docs/default-model.md, session 17)")
-    p.add_argument("--freeze-encoder", action="store_true",
-                   help="keep the Whisper layers as pip ships them in every stage, the CTC stage included "
-                   "(only the adapter behind them trains); the package then leaves them out")
+    p.add_argument("--encoder-trainable-layers", type=int, default=None, metavar="K",
+                   help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
+                   "stay as pip ships them in every stage and the package leaves them out (default: all "
+                   "layers train; 0 freezes the encoder, leaving the linear adapter to read it alone)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

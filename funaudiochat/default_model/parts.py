@@ -26,8 +26,16 @@ ENCODER_SHAPES: dict[str, dict[str, int]] = {
                  encoder_ffn_dim=2048, max_source_positions=1500),
 }
 ENCODER_NAME = "tiny.en"
-#: Parameter prefixes of the pretrained Whisper layers inside the model (not the adapter behind them).
-WHISPER_PREFIXES = tuple(f"continuous_audio_tower.{m}." for m in ("conv1", "conv2", "layers", "ln_post"))
+
+
+def frozen_whisper_prefixes(encoder: str, trainable_layers: int) -> tuple[str, ...]:
+    """Parameter prefixes of the Whisper parts kept as pip ships them when only the top ``trainable_layers``
+    layers train (with the final layer norm, unless none does); never the adapter behind them."""
+    n = ENCODER_SHAPES[encoder]["encoder_layers"]
+    if not 0 <= trainable_layers <= n:
+        raise ValueError(f"Whisper {encoder} has {n} layers; trainable layers must be 0 to {n}, got {trainable_layers}")
+    kept = ["conv1", "conv2", *(f"layers.{i}" for i in range(n - trainable_layers))]
+    return tuple(f"continuous_audio_tower.{m}." for m in kept + ([] if trainable_layers else ["ln_post"]))
 #: A small Qwen3 body for the Speech Refined Head (the released SRH is Qwen3-0.6B).
 SRH_CONFIG: dict[str, Any] = {
     "model_type": "qwen3", "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,

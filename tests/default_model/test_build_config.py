@@ -65,6 +65,8 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
     (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
     (["--read-aloud", "-2"], "--read-aloud must be >= 0, got -2"),
+    (["--encoder", "base", "--encoder-trainable-layers", "7"],
+     "--encoder-trainable-layers: Whisper base has 6 layers; trainable layers must be 0 to 6, got 7"),
 ])
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -167,25 +169,34 @@ def test_read_aloud_turns_join_the_sft_stages_but_not_dpo_or_ctc(tmp_path):
                       "dpo": [data / "p"]}
 
 
-def test_freeze_encoder_keeps_the_whisper_layers_out_of_every_stage(tmp_path):
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+def test_frozen_encoder_layers_stay_out_of_every_stage(tmp_path):
+    from funaudiochat.default_model.parts import frozen_whisper_prefixes
 
     data = tmp_path / "d"
-    cfg = BuildConfig(encoder="base", freeze_encoder=True)
+    all_frozen = frozen_whisper_prefixes("base", 0)
+    assert all_frozen[-1] == "continuous_audio_tower.ln_post." and len(all_frozen) == 2 + 6 + 1
+    cfg = BuildConfig(encoder="base", encoder_trainable_layers=0)
     paths = _recipes(tmp_path / "on", cfg, data / "s", data / "p", ctc=data / "c")
     ctc = load_recipe(paths[CTC_STAGE])
-    assert ctc.train.trainable == CTC_TRAINABLE and ctc.train.freeze == list(WHISPER_PREFIXES)
+    assert ctc.train.trainable == CTC_TRAINABLE and ctc.train.freeze == list(all_frozen)
     assert ctc.optim.lr_scale[ADAPTER_PREFIX] == 1.0  # the adapter behind the frozen layers trains at full lr
     assert ENCODER_PREFIX not in ctc.optim.lr_scale  # it would scale nothing, which the trainer refuses
     for name in STAGES:  # the later stages freeze the whole CTC-trained path, the layers with it
-        freeze = load_recipe(paths[name]).train.freeze
-        assert all(any(w.startswith(f) for f in freeze) for w in WHISPER_PREFIXES)
-    lin = _recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear", freeze_encoder=True), data / "s", data / "p")
-    assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == list(WHISPER_PREFIXES)
+        assert ENCODER_PREFIX in load_recipe(paths[name]).train.freeze
+    top2 = _recipes(tmp_path / "top2", BuildConfig(encoder="base", encoder_trainable_layers=2), data / "s",
+                    data / "p", ctc=data / "c")
+    ctc = load_recipe(top2[CTC_STAGE])
+    assert ctc.train.freeze == [f"continuous_audio_tower.{m}." for m in ("conv1", "conv2", *(f"layers.{i}" for i in range(4)))]
+    assert ctc.optim.lr_scale[ENCODER_PREFIX] == 0.1  # the two top layers train at a tenth of the lr
+    lin = _recipes(tmp_path / "lin", BuildConfig(speech_adapter="linear", encoder_trainable_layers=0),
+                   data / "s", data / "p")
+    assert load_recipe(lin["core_cocktail_stage1"]).train.freeze == list(frozen_whisper_prefixes("tiny.en", 0))
     off = _recipes(tmp_path / "off", BuildConfig(encoder="base"), data / "s", data / "p", ctc=data / "c")
     assert load_recipe(off[CTC_STAGE]).train.freeze == []  # base alone is fine-tuned like tiny.en
     with pytest.raises(ValueError, match="encoder must be one of \\['base', 'tiny.en'\\], got 'small'"):
         BuildConfig(encoder="small")
+    with pytest.raises(ValueError, match="Whisper tiny.en has 4 layers; trainable layers must be 0 to 4, got 6"):
+        BuildConfig(encoder_trainable_layers=6)
 
 
 def test_a_work_dir_made_with_another_encoder_is_refused(tmp_path):
@@ -212,15 +223,18 @@ def test_every_stage_of_a_frozen_encoder_build_gets_an_optimizer(tmp_path):
 
     cfg = tiny_config()
     cfg.audio_config.continuous_adapter = "vocab_ctc"
+    cfg.audio_config.encoder_layers = 6  # as many as Whisper base, so every frozen prefix names a layer
     model = FunAudioChatForConditionalGeneration(cfg)
     data = tmp_path / "d"
-    for build in (BuildConfig(encoder="base", freeze_encoder=True),
-                  BuildConfig(speech_adapter="linear", freeze_encoder=True)):
-        paths = _recipes(tmp_path / build.speech_adapter, build, data / "s", data / "p", ctc=data / "c")
+    for build in (BuildConfig(encoder="base", encoder_trainable_layers=0),
+                  BuildConfig(encoder="base", encoder_trainable_layers=1),
+                  BuildConfig(speech_adapter="linear", encoder_trainable_layers=0)):
+        paths = _recipes(tmp_path / f"{build.speech_adapter}{build.encoder_trainable_layers}", build, data / "s",
+                         data / "p", ctc=data / "c")
         for name in (CTC_STAGE, "pre_alignment", "core_cocktail_stage1"):
             if name not in paths:
                 continue
             r = load_recipe(paths[name])
             trained = configure_trainable(model, r.train.freeze, r.train.trainable)
-            assert trained and not any(n.startswith("continuous_audio_tower.layers.") for n in trained)
+            assert trained and not any(n.startswith("continuous_audio_tower.layers.0.") for n in trained)
             assert isinstance(build_optimizer(model, r), torch.optim.AdamW)

