@@ -62,3 +62,35 @@ def test_bands_join_typed_and_spoken_answers(tmp_path, capsys):
         "none": (1, 1, 0, 0), "under half": (0, 0, 0, 0), "half or more, not all": (1, 0, 0, 1), "all": (1, 1, 1, 1)}
     with pytest.raises(SystemExit, match="no 'triviaqa' question"):
         heard.main([str(tmp_path / "items.jsonl"), str(tmp_path / "ctc.jsonl"), "--set", "triviaqa"])
+
+
+def test_typed_transcripts_make_and_overlap(tmp_path, capsys):
+    typed = load_script("typed_transcripts")
+    records = [{"id": "a", "question": "What is the capital of France?", "answers": ["Paris"], "audio_file": "1.wav"},
+               {"id": "b", "question": "Who wrote 'Hamlet'?", "answers": ["Shakespeare"], "audio_file": "2.wav"}]
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ctc = [{"id": "a", "ctc": "what is the capitol of france"}, {"id": "b", "ctc": "who rote hamlet"}]
+    (tmp_path / "ctc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctc))
+    assert typed.main(["make", str(tmp_path / "qa/dev.jsonl"), str(tmp_path / "ctc.jsonl"), str(tmp_path / "out")]) == 0
+    as_ctc = [json.loads(x) for x in (tmp_path / "out/ctc/qa.jsonl").read_text().splitlines()]
+    as_plain = [json.loads(x) for x in (tmp_path / "out/plain/qa.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in as_ctc] == ["what is the capitol of france", "who rote hamlet"]
+    assert [r["question"] for r in as_plain] == ["what is the capital of france", "who wrote 'hamlet'"]
+    assert as_ctc[1]["answers"] == ["Shakespeare"] and "audio_file" not in as_ctc[0]  # read as typed, not spoken
+    capsys.readouterr()
+
+    (tmp_path / "ctc.jsonl").write_text(json.dumps(ctc[0]) + "\n")
+    with pytest.raises(SystemExit, match="1 questions of .*dev.jsonl have no transcript"):
+        typed.main(["make", str(tmp_path / "qa/dev.jsonl"), str(tmp_path / "ctc.jsonl"), str(tmp_path / "out")])
+
+    rows = [{"id": "a", "mode": "text", "score": 1.0}, {"id": "b", "mode": "text", "score": 1.0},
+            {"id": "a", "mode": "s2t", "score": 0.0}, {"id": "b", "mode": "s2t", "score": 1.0},
+            {"id": "c", "mode": "s2t", "score": 1.0}]  # no text row: not compared
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec_t, spec_s = f"{tmp_path}/items.jsonl:text", f"{tmp_path}/items.jsonl:s2t"
+    assert typed.main(["overlap", spec_t, spec_s]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"n": 2, "right": {spec_t: 2, spec_s: 1}, "right_in_both": [{"runs": [spec_t, spec_s], "n": 1}]}
+    with pytest.raises(SystemExit, match="no 's2s' rows"):
+        typed.main(["overlap", f"{tmp_path}/items.jsonl:s2s"])
