@@ -128,8 +128,9 @@ class BuildConfig:
     freeze_speech_in: bool = True
     #: Train the embedding rows of the added tokens (``<|audio_bos|>``, ``<|sil|>``...) in every stage
     #: after the CTC stage (``train.new_token_rows``).  Off by default: the shipped model kept their
-    #: initial values, and no full build has measured the change yet (session 8 found that a spoken
-    #: reply's first word is predicted at the untrained ``<|audio_bos|>``).
+    #: initial values (session 8 found that a spoken reply's first word is predicted at the untrained
+    #: ``<|audio_bos|>``).  The session-12 GPU build and session 18's CPU build used it; neither shipped,
+    #: and neither measured it alone.
     train_new_tokens: bool = False
     #: SRH refinement after DPO on cached backbone states (None: the package takes the DPO model).
     #: Off by default: on the CPU build's data it lowered the held-out speech loss only from 5.52 to

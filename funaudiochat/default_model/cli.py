@@ -137,8 +137,8 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "(session 6's recipe; the default freezes them, docs/default-model.md)")
     p.add_argument("--train-new-tokens", action="store_true",
                    help="train the embedding rows of the added audio tokens in the stages after the CTC "
-                   "stage (the default keeps their initial values, as the shipped model did; not yet "
-                   "measured in a full build, docs/default-model.md)")
+                   "stage (the default keeps their initial values, as the shipped model did; the "
+                   "session-12 GPU build and session 18's CPU build used it, neither shipped, docs/default-model.md)")
     p.add_argument("--encoder", choices=("tiny.en", "base"), default="tiny.en",
                    help="the pip Whisper encoder of the speech-in path (default tiny.en, as shipped; base hears "
                    "more real speech, docs/default-model.md, session 17)")
