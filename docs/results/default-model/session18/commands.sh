@@ -77,3 +77,10 @@ cp $work/timings_nomerge.json $d/
 funaudiochat eval --model $work/runs/dpo/final --sets llama_questions --modes s2s --name s18_dpo_s2s \
   --out $res/s18_dpo_s2s --limit 20 --batch-size 10 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8
 cp $res/s18_dpo_s2s/report.md $d/report_s18_dpo_s2s.md
+
+# 10. Speech in on the synthesized dev sets after DPO (piper/espeak, kept within 20 % Whisper-base WER).
+funaudiochat eval --model $work/runs/dpo/final --sets web_questions,triviaqa --modes s2t --name s18_dpo_s2t_synth \
+  --out $res/s18_dpo_s2t_synth --limit 100 --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8
+cp $res/s18_dpo_s2t_synth/report.md $d/report_s18_dpo_s2t_synth.md
+cp $res/s18_dpo_s2t/report.md $d/report_s18_dpo_s2t.md
+cp $res/s18_nomerge_dpo_s2t/report.md $d/report_s18_nomerge_dpo_s2t.md
