@@ -24,9 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from s2t_by_heard_words import read_jsonl  # noqa: E402  (a sibling script, not a package)
 
 
 def plain(text: str) -> str:
