@@ -23,12 +23,24 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=0, help="text top-k; 0 = off (default 0)")
     g.add_argument("--top-p", type=float, default=1.0, help="text nucleus mass (default 1.0 = off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="text repetition penalty (default 1.0 = off)")
+    add_speech_sampling_arguments(g)
+    g.add_argument("--seed", type=int, default=0, help="random seed of the conversation (default 0)")
+    g.add_argument("--max-seconds", type=float, default=60.0, help="longest reply in seconds of speech (default 60)")
+
+
+def add_speech_sampling_arguments(g) -> None:
+    """The speech sampler's options; the defaults are the released model's demo settings."""
     g.add_argument("--speech-temperature", type=float, default=0.8, help="speech temperature; 0 = greedy (default 0.8)")
     g.add_argument("--speech-top-k", type=int, default=0, help="speech top-k (default 0 = off)")
     g.add_argument("--speech-top-p", type=float, default=0.9, help="speech nucleus mass (default 0.9)")
     g.add_argument("--speech-repetition-penalty", type=float, default=1.2, help="speech repetition penalty (default 1.2)")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the conversation (default 0)")
-    g.add_argument("--max-seconds", type=float, default=60.0, help="longest reply in seconds of speech (default 60)")
+
+
+def speech_sampling(args: argparse.Namespace):
+    """The :class:`SamplingConfig` named by :func:`add_speech_sampling_arguments`' options."""
+    from funaudiochat.generation import SamplingConfig
+
+    return SamplingConfig(args.speech_temperature, args.speech_top_k, args.speech_top_p, args.speech_repetition_penalty)
 
 
 def turn_options(args: argparse.Namespace):
@@ -37,9 +49,7 @@ def turn_options(args: argparse.Namespace):
     return TurnOptions(
         mode="s2t" if args.text_only else "s2s",
         text_sampling=SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty),
-        speech_sampling=SamplingConfig(
-            args.speech_temperature, args.speech_top_k, args.speech_top_p, args.speech_repetition_penalty
-        ),
+        speech_sampling=speech_sampling(args),
         max_seconds=args.max_seconds,
         voice=getattr(args, "voice", None),
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from funaudiochat.chat import add_speech_sampling_arguments, speech_sampling
 from funaudiochat.evaluation.report import RunResult, SetSummary, load_run_json, write_comparison_report
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ def read_ids(path: str) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _speech_sampling(args: argparse.Namespace):
+    """The options' speech sampling, or None for the engine's default (so older runs still resume)."""
+    from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING
+
+    sampling = speech_sampling(args)
+    return None if sampling == DEFAULT_SPEECH_SAMPLING else sampling
+
+
 def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from funaudiochat.evaluation.runner import RUN_JSON, REPORT_MD, EvalConfig, EvalRunner
 
@@ -64,6 +73,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO | None = None) -> int:
         detokenizer=args.detokenizer, detokenizer_path=args.detokenizer_path, dtype=args.dtype,
         device=args.device, seed=args.seed, run_name=args.name, save_audio=args.save_audio,
         progress=not args.no_progress, exclude_ids=read_ids(args.exclude_ids) if args.exclude_ids else frozenset(),
+        speech_sampling=_speech_sampling(args),
     )
     result: RunResult = EvalRunner(config).run()
     out = out or sys.stdout
@@ -136,6 +146,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights dtype")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of each conversation (speech sampling)")
+    add_speech_sampling_arguments(p.add_argument_group("speech sampling (s2s mode)"))
     p.add_argument("--name", default=None, help="run name in reports (default: the run folder's name)")
     p.add_argument("--save-audio", action="store_true", help="keep the spoken answers of s2s mode as wavs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from funaudiochat.evaluation.datasets import SetInfo, TaskType, describe_set, load_jsonl_set
 from funaudiochat.evaluation.inputs import FUNCTION_TASKS, AudioLookup, Prompt, build_prompt, tts_audio
@@ -39,6 +39,9 @@ from funaudiochat.evaluation.normalize import normalize_text
 from funaudiochat.evaluation.report import RunResult, ScoredItem, write_markdown_report, write_run_json
 from funaudiochat.evaluation.scoring import score_record
 from funaudiochat.evaluation.wer import edit_counts
+
+if TYPE_CHECKING:
+    from funaudiochat.generation import SamplingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,8 @@ class EvalConfig:
     progress: bool = True
     #: Item ids never to evaluate (e.g. those a model was trained on); applied before ``limit``.
     exclude_ids: frozenset[str] = frozenset()
+    #: Speech sampling of s2s mode; None keeps the engine's default (the released demo settings).
+    speech_sampling: SamplingConfig | None = None
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 0:
@@ -163,7 +168,8 @@ class EvalConfig:
                 "asr": self.asr, "detokenizer": self.detokenizer if "s2s" in self.modes else None,
                 "dtype": self.dtype, "seed": self.seed} | (
                     # only when on, so runs made before the option existed still resume
-                    {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {})
+                    {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}) | (
+                    {"speech_sampling": asdict(self.speech_sampling)} if self.speech_sampling is not None else {})
 
 
 @dataclass
@@ -434,6 +440,8 @@ class EvalRunner:
         engine = self.engine
         options = TurnOptions(mode="s2s" if mode == "s2s" else "s2t", max_seconds=self.config.max_seconds,
                               text_sampling=SamplingConfig(repetition_penalty=self.config.repetition_penalty))
+        if self.config.speech_sampling is not None:
+            options = replace(options, speech_sampling=self.config.speech_sampling)
         convs = [engine.conversation(system_prompt=w.prompt.system, seed=self.config.seed) for w in batch]
         t = time.perf_counter()
         ends = engine.respond_batch(convs, [self._message(w, mode) for w in batch], options)
@@ -500,6 +508,7 @@ class EvalRunner:
             "split": c.split, "data_root": str(self.root), "limit": c.limit, "excluded_ids": len(c.exclude_ids), "batch_size": c.batch_size,
             "max_seconds": c.max_seconds, "repetition_penalty": c.repetition_penalty, "tts": ",".join(c.tts), "tts_max_wer": c.tts_max_wer, "asr": c.asr, "judge": c.judge or "none",
             "dtype": c.dtype, "device": c.device, "seed": c.seed,
+            "speech_sampling": ", ".join(f"{k} {v}" for k, v in asdict(c.speech_sampling).items()) if c.speech_sampling else "default",
             "generated_this_call": self.stats.generated,
             "generation_seconds_this_call": round(self.stats.gen_seconds, 2),
             "wall_seconds_this_call": round(seconds, 2),

@@ -295,6 +295,34 @@ def test_s2s_scores_the_transcript_and_records_alignment_wer(model_dir, engine, 
                    engine=engine, asr=asr, detokenizer=SmallCodebook()).run()
 
 
+def test_speech_sampling_options_reach_decoding_and_guard_resume(model_dir, engine, data_root, tmp_path):
+    from funaudiochat.evaluation.cli import _speech_sampling
+    from funaudiochat.generation import SamplingConfig
+    from funaudiochat.generation.sampling import DEFAULT_SPEECH_SAMPLING
+
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers())
+    base = ["eval", "--sets", "qa", "--out", str(tmp_path / "x")]
+    # the released demo settings are the default and are not recorded, so runs made before the options resume
+    assert _speech_sampling(parser.parse_args(base)) is None
+    greedy = _speech_sampling(parser.parse_args([*base, "--speech-temperature", "0", "--speech-repetition-penalty", "1"]))
+    assert greedy == SamplingConfig(0.0, 0, 0.9, 1.0) and greedy != DEFAULT_SPEECH_SAMPLING
+
+    counting = CountingEngine(engine)
+    out = tmp_path / "run"
+    kw = dict(sets=("qa",), modes=("s2s",), limit=1)
+    EvalRunner(_config(model_dir, data_root, out, speech_sampling=greedy, **kw), engine=counting,
+               asr=EchoASR(heard="Paris"), detokenizer=ToneDetokenizer()).run()
+    assert counting.options.speech_sampling == greedy
+    assert load_run_json(out / "run.json").meta["speech_sampling"] == \
+        "temperature 0.0, top_k 0, top_p 0.9, repetition_penalty 1.0"
+    with pytest.raises(ValueError, match=r"other settings \(speech_sampling: .*'temperature': 0\.0.* -> None\)"):
+        EvalRunner(_config(model_dir, data_root, out, **kw), engine=counting).run()
+    EvalRunner(_config(model_dir, data_root, tmp_path / "plain", **kw), engine=counting,
+               asr=EchoASR(heard="Paris"), detokenizer=ToneDetokenizer()).run()
+    assert counting.options.speech_sampling == DEFAULT_SPEECH_SAMPLING
+
+
 @pytest.fixture(scope="module")
 def judge():
     from transformers import AutoConfig, AutoModelForCausalLM
