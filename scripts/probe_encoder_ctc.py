@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--case", choices=("lower", "proper"), default="lower",
+                   help="transcript case of the CTC targets (training.ctc.normalize_transcript)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder of the feature caches, to share them between runs (default: --out)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -130,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     train_items, eval_items = read_items(args.train), read_items([args.eval])
     encoder = build_whisper_encoder(args.encoder)
     t0 = time.time()
-    train_feats = encode_all(encoder, train_items, args.out / "train_feats.pt")
-    eval_feats = encode_all(encoder, eval_items, args.out / "eval_feats.pt")
+    cache = args.cache or args.out
+    cache.mkdir(parents=True, exist_ok=True)
+    train_feats = encode_all(encoder, train_items, cache / "train_feats.pt")
+    eval_feats = encode_all(encoder, eval_items, cache / "eval_feats.pt")
     encode_s = time.time() - t0
 
     backbone = smollm2_backbone_dir()
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         table = f.get_tensor("model.embed_tokens.weight").float()
     torch.manual_seed(args.seed)
     model = Readout(train_feats[0].shape[1], args.hidden, table)
-    targets = [transcript_ids(tok, text) for _, text in train_items]
+    targets = [transcript_ids(tok, text, args.case) for _, text in train_items]
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.01)
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 hyps.append(tok.decode(ids, skip_special_tokens=True))
     report = {
         "encoder": args.encoder, "train_items": len(train_items), "eval": str(args.eval), "n": len(refs),
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "seed": args.seed,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "seed": args.seed, "case": args.case,
         "wer": round(corpus_wer(refs, hyps).rate, 4), **word_recall(refs, hyps),
         "loss_last_100": round(float(np.mean(losses[-100:])), 4),
         "encode_s": round(encode_s, 1), "train_s": round(train_s, 1),

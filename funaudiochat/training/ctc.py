@@ -33,17 +33,39 @@ from funaudiochat.training.data import DataError
 from funaudiochat.training.dataset import DatasetError
 
 _NOT_SPOKEN = re.compile(r"[^a-z0-9' ]+")
+_WORD_OR_STOP = re.compile(r"[A-Za-z0-9']+|[.!?](?=\s|$)")
+
+#: How transcripts are cased (``ctc_case``): ``lower`` everything, or ``proper``: names keep their capital.
+CTC_CASES = ("lower", "proper")
 
 
-def normalize_transcript(text: str) -> str:
-    """Lower case, digits and apostrophes kept, everything else a word break."""
-    text = text.lower().replace("\u2019", "'")
-    return " ".join(_NOT_SPOKEN.sub(" ", text).split())
+def normalize_transcript(text: str, case: str = "lower") -> str:
+    """Digits and apostrophes kept, everything else a word break; cased as ``case`` says.
+
+    ``proper`` keeps the case of each word written capitalised inside a sentence and lowers the
+    first word of every sentence, so only names and acronyms stay capitalised.  Why: the backbone's
+    tokenizer is cased, and a lowered name is split into rare pieces that a readout seldom hears
+    (" France" is one token, " france" two; docs/default-model.md, session 19).  Text without any
+    lower-case letter (LibriSpeech's capitals) carries no case information and is lowered.
+    """
+    if case not in CTC_CASES:
+        raise ValueError(f"unknown transcript case {case!r}; choose one of {', '.join(CTC_CASES)}")
+    text = text.replace("\u2019", "'")
+    if case == "lower" or not any(c.islower() for c in text):
+        return " ".join(_NOT_SPOKEN.sub(" ", text.lower()).split())
+    words, first = [], True
+    for piece in _WORD_OR_STOP.findall(text):
+        if piece in ".!?":
+            first = True
+            continue
+        words.append(piece.lower() if first and piece != "I" else piece)
+        first = False
+    return " ".join(words)
 
 
-def transcript_ids(tokenizer, text: str) -> list[int]:
+def transcript_ids(tokenizer, text: str, case: str = "lower") -> list[int]:
     """Backbone token ids of a normalised transcript; a leading space gives every word its mid-sentence form."""
-    return list(tokenizer(" " + normalize_transcript(text), add_special_tokens=False)["input_ids"])
+    return list(tokenizer(" " + normalize_transcript(text, case), add_special_tokens=False)["input_ids"])
 
 
 @dataclass(frozen=True)
@@ -119,9 +141,10 @@ class CTCDataset(Dataset):
         speed: Sequence[float] | None = None,
         gain_db: float = 0.0,
         seed: int = 0,
+        case: str = "lower",
     ) -> None:
         self.records = list(records)
-        self.targets = [transcript_ids(tokenizer, r.text) for r in self.records]
+        self.targets = [transcript_ids(tokenizer, r.text, case) for r in self.records]
         self.max_audio_seconds = max_audio_seconds
         if speed is not None and not (len(speed) == 2 and 0 < speed[0] <= speed[1]):
             raise ValueError(f"speed must be (low, high) with 0 < low <= high, got {speed}")
@@ -155,7 +178,7 @@ class CTCDataset(Dataset):
 def dataset_for(records: Sequence[CTCRecord], tokenizer, data, seed: int) -> CTCDataset:
     """The stage's dataset as a recipe's ``data`` section (:class:`~funaudiochat.training.recipes.DataSection`) asks."""
     return CTCDataset(records, tokenizer, data.max_audio_seconds, speed=data.speed_perturb,
-                      gain_db=data.gain_db, seed=seed)
+                      gain_db=data.gain_db, seed=seed, case=data.transcript_case)
 
 
 class CTCCollator:

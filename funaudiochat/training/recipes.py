@@ -92,6 +92,9 @@ class DataSection:
     #: few synthetic voices cover more speakers and recording levels.  Null / 0: off.
     speed_perturb: list[float] | None = None
     gain_db: float = 0.0
+    #: ``ctc`` stage only: case of the target transcripts, ``lower`` or ``proper`` (names keep their
+    #: capital, so they are the backbone's own single tokens; ``training.ctc.normalize_transcript``).
+    transcript_case: Literal["lower", "proper"] = "lower"
 
 
 @dataclass
@@ -356,6 +359,8 @@ def _check_values(recipe: Recipe) -> list[str]:
         p.append(f"data.gain_db: must be in [0, 40], got {d.gain_db}")
     if recipe.stage != "ctc" and (d.speed_perturb is not None or d.gain_db):
         p.append(f"data.speed_perturb / data.gain_db: only the ctc stage augments audio (stage is {recipe.stage})")
+    if recipe.stage != "ctc" and d.transcript_case != "lower":
+        p.append(f"data.transcript_case: only the ctc stage reads transcripts as targets (stage is {recipe.stage})")
     if recipe.stage == "ctc" and t.lora is not None:
         p.append("train.lora: the ctc stage does not run the backbone, so LoRA on it would not train")
     if t.lora is not None:

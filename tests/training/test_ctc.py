@@ -36,9 +36,35 @@ def test_normalize_transcript(text, expected):
     assert normalize_transcript(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("What is the capital of France?", "what is the capital of France"),
+    ("Who wrote \"To Kill a Mockingbird\"? I did. Paris is big!", "who wrote To Kill a Mockingbird I did paris is big"),
+    ("Paid in U.S. dollars, by NASA.", "paid in U S dollars by NASA"),
+    ("Tolkien\u2019s book", "tolkien's book"),
+    ("TIRED OUT LESLIE HERSELF", "tired out leslie herself"),  # no lower-case letter: no case to keep
+    ("?!", ""),
+])
+def test_proper_case_keeps_names_capitalised_inside_sentences(text, expected):
+    assert normalize_transcript(text, "proper") == expected
+
+
+def test_unknown_transcript_case_is_refused():
+    with pytest.raises(ValueError, match="unknown transcript case 'upper'; choose one of lower, proper"):
+        normalize_transcript("Paris", "upper")
+
+
 def test_transcript_ids_are_the_normalised_words():
     tok = word_tokenizer()
     assert tok.convert_ids_to_tokens(transcript_ids(tok, "Capital, France?")) == ["capital", "france"]
+
+    class Seen:  # a cased tokenizer's input is what decides the ids (the test tokenizer lowers everything)
+        def __call__(self, text, add_special_tokens):
+            self.text = text
+            return {"input_ids": [7]}
+
+    seen = Seen()
+    assert transcript_ids(seen, "The capital of France?", "proper") == [7]
+    assert seen.text == " the capital of France"
 
 
 def test_greedy_decode_merges_repeats_and_drops_blanks():
@@ -143,7 +169,26 @@ def test_the_recipe_data_section_sets_the_augmentation(tmp_path):
     })
     ds = dataset_for(records, tok, recipe.data, recipe.train.seed)
     assert (ds.speed, ds.gain_db, ds.seed) == ((0.8, 0.8), 3.0, 7)
+    assert recipe.data.transcript_case == "lower"
     assert abs(len(ds[0][0]) - len(CTCDataset(records, tok)[0][0]) / 0.8) <= 1
+
+
+def test_the_recipe_sets_the_transcript_case(tmp_path):
+    write_wav(tmp_path / "a.wav", 1.0, 300)
+    (tmp_path / "ctc.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "Is it Paris?"}) + "\n")
+    records = load_ctc_records([tmp_path / "ctc.jsonl"])
+    seen: list[str] = []
+
+    def tokenizer(text, add_special_tokens):
+        seen.append(text)
+        return {"input_ids": [1, 2, 3]}
+
+    recipe = recipe_from_dict({
+        "name": "x", "stage": "ctc", "model": {"tiny": True}, "data": {"train": ["x.jsonl"], "transcript_case": "proper"},
+        "train": {"max_steps": 1}, "optim": {"lr_max": 1e-3, "lr_min": 1e-4},
+    })
+    assert dataset_for(records, tokenizer, recipe.data, 0).targets == [[1, 2, 3]]
+    assert seen == [" is it Paris"]
 
 
 def test_a_bad_speed_range_is_refused(tmp_path):
@@ -235,6 +280,8 @@ def test_a_ctc_recipe_with_lora_is_refused():
     ("ctc", {"speed_perturb": [1.1, 0.9]}, r"data.speed_perturb: must be \[low, high\] with 0 < low <= high"),
     ("ctc", {"speed_perturb": [0.9]}, r"data.speed_perturb: must be \[low, high\]"),
     ("ctc", {"gain_db": -1.0}, r"data.gain_db: must be in \[0, 40\], got -1.0"),
+    ("sft", {"transcript_case": "proper"}, r"data.transcript_case: only the ctc stage reads transcripts as targets"),
+    ("ctc", {"transcript_case": "title"}, r"data.transcript_case"),
 ])
 def test_bad_audio_augmentation_settings_are_refused(stage, data, message):
     with pytest.raises(RecipeError, match=message):
