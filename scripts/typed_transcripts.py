@@ -7,7 +7,8 @@
 file is named after the set's folder, because eval picks a set's scorer by its name):
 ``ctc/`` with each question replaced by the CTC readout's greedy transcript of its recording
 (``scripts/ctc_transcribe.py --out``), and ``plain/`` with the written question in the transcript's
-form (lower case, no punctuation), the control for that form.  If typing the transcript answers as
+form (lower case, no punctuation), the control for that form, and ``proper/`` with the written question
+cased as ``training.ctc`` cases targets with ``transcript_case: proper`` (names keep their capital).  If typing the transcript answers as
 many questions as speaking does, the backbone reads the speech path as well as it reads text, and
 what is missing is recognition (docs/default-model.md, "Session 18").
 
@@ -40,7 +41,11 @@ def make(set_path: Path, ctc_path: Path, out_dir: Path, name: str | None = None)
     if missing:
         raise SystemExit(f"error: {len(missing)} questions of {set_path} have no transcript in {ctc_path} "
                          f"(first: {missing[0]})")
-    for form, question in (("ctc", lambda r: ctc[r["id"]]), ("plain", lambda r: plain(r["question"]))):
+    from funaudiochat.training.ctc import normalize_transcript
+
+    forms = (("ctc", lambda r: ctc[r["id"]]), ("plain", lambda r: plain(r["question"])),
+             ("proper", lambda r: normalize_transcript(r["question"], "proper")))
+    for form, question in forms:
         rows = [{**{k: v for k, v in r.items() if k != "audio_file"}, "question": question(r)} for r in records]
         (out_dir / form).mkdir(parents=True, exist_ok=True)
         (out_dir / form / f"{name or set_path.parent.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -77,6 +77,8 @@ def test_typed_transcripts_make_and_overlap(tmp_path, capsys):
     as_plain = [json.loads(x) for x in (tmp_path / "out/plain/qa.jsonl").read_text().splitlines()]
     assert [r["question"] for r in as_ctc] == ["what is the capitol of france", "who rote hamlet"]
     assert [r["question"] for r in as_plain] == ["what is the capital of france", "who wrote 'hamlet'"]
+    as_proper = [json.loads(x) for x in (tmp_path / "out/proper/qa.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in as_proper] == ["what is the capital of France", "who wrote 'Hamlet'"]
     assert as_ctc[1]["answers"] == ["Shakespeare"] and "audio_file" not in as_ctc[0]  # read as typed, not spoken
     capsys.readouterr()
 
