@@ -96,3 +96,15 @@ def test_typed_transcripts_make_and_overlap(tmp_path, capsys):
     assert report == {"n": 2, "right": {spec_t: 2, spec_s: 1}, "right_in_both": [{"runs": [spec_t, spec_s], "n": 1}]}
     with pytest.raises(SystemExit, match="no 's2s' rows"):
         typed.main(["overlap", f"{tmp_path}/items.jsonl:s2s"])
+
+
+def test_heard_by_pieces_classes_names_and_token_counts():
+    script = load_script("heard_by_pieces")
+    spelled = {"france": 2, "France": 1, "capital": 1, "mockingbird": 3, "Mockingbird": 2}
+    rows = [{"reference": "What is the capital of France?", "ctc": "what the capital of franc"},
+            {"reference": "Who wrote To Kill a Mockingbird?", "ctc": "who wrote to kill a mockingbird"}]
+    report = script.report(rows, lambda w: spelled.get(w, 1))
+    assert report["name"] == {"heard": 2, "of": 3, "share": 0.667}  # France (missed), Kill, Mockingbird; "To" is a function word
+    assert report["name, 2 tokens lower-cased, 1 token as written"] == {"heard": 0, "of": 1, "share": 0.0}
+    assert report["name, 3+ tokens lower-cased, 2 tokens as written"] == {"heard": 1, "of": 1, "share": 1.0}
+    assert report["other, 1 token lower-cased"] == {"heard": 2, "of": 2, "share": 1.0}  # capital, wrote
