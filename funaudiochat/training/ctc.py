@@ -35,7 +35,7 @@ from funaudiochat.training.dataset import DatasetError
 _NOT_SPOKEN = re.compile(r"[^a-z0-9' ]+")
 _WORD_OR_STOP = re.compile(r"[A-Za-z0-9']+|[.!?](?=\s|$)")
 
-#: How transcripts are cased (``ctc_case``): ``lower`` everything, or ``proper``: names keep their capital.
+#: How transcripts are cased (a recipe's ``data.transcript_case``): ``lower``, or ``proper`` (names keep their capital).
 CTC_CASES = ("lower", "proper")
 
 
@@ -45,7 +45,8 @@ def normalize_transcript(text: str, case: str = "lower") -> str:
     ``proper`` keeps the case of each word written capitalised inside a sentence and lowers the
     first word of every sentence, so only names and acronyms stay capitalised.  Why: the backbone's
     tokenizer is cased, and a lowered name is split into rare pieces that a readout seldom hears
-    (" France" is one token, " france" two; docs/default-model.md, session 19).  Text without any
+    (" France" is one token, " france" two).  Session 19 measured a small gain only (4 more names
+    heard in 181; docs/default-model.md), so ``lower`` stays the default.  Text without any
     lower-case letter (LibriSpeech's capitals) carries no case information and is lowered.
     """
     if case not in CTC_CASES:
