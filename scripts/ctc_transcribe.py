@@ -29,11 +29,18 @@ FUNCTION_WORDS = frozenset(
     "for with and or from as that this it its be been has have had our your their his her most first".split())
 
 
+def heard_set(transcript: str) -> set[str]:
+    """The normalised words of a transcript (the readout's end-of-text token dropped)."""
+    from funaudiochat.evaluation.normalize import normalize_text
+
+    return set(normalize_text(transcript.replace("<|endoftext|>", " ")).split())
+
+
 def heard_words(reference: str, transcript: str) -> list[tuple[str, bool]]:
     """Each normalised reference word and whether the transcript holds it anywhere (order ignored)."""
     from funaudiochat.evaluation.normalize import normalize_text
 
-    heard = set(normalize_text(transcript.replace("<|endoftext|>", " ")).split())
+    heard = heard_set(transcript)
     return [(word, word in heard) for word in normalize_text(reference).split()]
 
 

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ctc_transcribe import FUNCTION_WORDS  # noqa: E402  (a sibling script, not a package)
+from ctc_transcribe import FUNCTION_WORDS, heard_set  # noqa: E402  (a sibling script, not a package)
 from s2t_by_heard_words import read_jsonl  # noqa: E402
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
@@ -36,7 +36,7 @@ def word_classes(reference: str, transcript: str, pieces) -> list[tuple[str, int
     """
     from funaudiochat.evaluation.normalize import normalize_text
 
-    heard = set(normalize_text(transcript.replace("<|endoftext|>", " ")).split())
+    heard = heard_set(transcript)
     out = []
     for i, word in enumerate(_WORD.findall(reference)):
         norm = normalize_text(word)

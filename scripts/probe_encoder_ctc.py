@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from funaudiochat.training.ctc import CTC_CASES
+
 logger = logging.getLogger("probe_encoder_ctc")
 
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--case", choices=("lower", "proper"), default="lower",
+    p.add_argument("--case", choices=CTC_CASES, default="lower",
                    help="transcript case of the CTC targets (training.ctc.normalize_transcript)")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder of the feature caches, to share them between runs (default: --out)")
