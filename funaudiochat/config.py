@@ -90,6 +90,11 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     #: ``vocab_ctc`` only: the CTC reads over the first this-many rows of the backbone's embedding
     #: table (its own vocabulary, without tokens added for audio); null means every row.
     ctc_vocab_size: int | None = None
+    #: ``vocab_ctc`` only: hashed-n-gram buckets of the adapter's spelling table (0: none;
+    #: ``modeling/vocab_adapter.py``) and the number of n-grams over the CTC vocabulary, which fixes
+    #: the shape of its saved bag buffers (``modeling.build.assemble_from_parts`` sets both).
+    ctc_spelling_buckets: int = 0
+    ctc_spelling_grams: int = 0
     crq_transformer_config: dict | None = None
     enable_audio_invert_tower: bool = True
 
@@ -105,6 +110,12 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
             raise ValueError(f"continuous_adapter must be one of {ADAPTER_MODES}, got {self.continuous_adapter!r}")
         if self.ctc_vocab_size is not None and self.ctc_vocab_size < 1:
             raise ValueError(f"ctc_vocab_size must be >= 1 or null, got {self.ctc_vocab_size}")
+        if self.ctc_spelling_buckets < 0 or self.ctc_spelling_grams < 0:
+            raise ValueError("ctc_spelling_buckets and ctc_spelling_grams must be >= 0, got "
+                             f"{self.ctc_spelling_buckets} and {self.ctc_spelling_grams}")
+        if self.ctc_spelling_buckets and (self.continuous_adapter != "vocab_ctc" or self.ctc_spelling_grams < 1):
+            raise ValueError("ctc_spelling_buckets needs continuous_adapter='vocab_ctc' and ctc_spelling_grams >= 1 "
+                             f"(got {self.continuous_adapter!r}, {self.ctc_spelling_grams})")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.d_model % self.encoder_attention_heads:

@@ -21,6 +21,7 @@ from funaudiochat.config import (
     FunAudioChatConfig,
 )
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+from funaudiochat.modeling.vocab_adapter import spelling_bags
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def ensure_special_tokens(tokenizer: Any) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TEXT_TOKENS}
 
 
+def token_spellings(tokenizer: Any, n: int) -> list[str]:
+    """How each of the first ``n`` token ids reads as text (a leading space included)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    return [tokenizer.convert_tokens_to_string([p]) for p in pieces]
+
+
 def assemble_from_parts(
     backbone: str | Path | PreTrainedModel,
     tokenizer: Any | None = None,
@@ -61,6 +68,7 @@ def assemble_from_parts(
     audio_overrides: dict | None = None,
     continuous_adapter: str = "linear",
     mean_resizing: bool = True,
+    ctc_spelling_buckets: int = 0,
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
@@ -72,7 +80,11 @@ def assemble_from_parts(
     model a CTC adapter over the token ids below the first audio token (the backbone's own vocabulary).
     ``mean_resizing=False`` skips transformers' fitting of the new embedding rows to the old ones'
     statistics, for callers that overwrite those rows anyway (a covariance of the whole table).
+    ``ctc_spelling_buckets`` > 0 gives that adapter a spelling table over the tokenizer's spellings
+    (``modeling/vocab_adapter.py``).
     """
+    if ctc_spelling_buckets and continuous_adapter != "vocab_ctc":
+        raise ValueError("ctc_spelling_buckets needs continuous_adapter='vocab_ctc'")
     backbone_kwargs = dict(backbone_kwargs or {})
     if not isinstance(backbone, PreTrainedModel):
         if tokenizer is None:
@@ -109,6 +121,11 @@ def assemble_from_parts(
         ctc_vocab_size=min(ids.values()) if continuous_adapter == "vocab_ctc" else None,
         **(audio_overrides or {}),
     )
+    spellings = None
+    if ctc_spelling_buckets:
+        spellings = token_spellings(tokenizer, audio_config.ctc_vocab_size)
+        audio_config.ctc_spelling_buckets = ctc_spelling_buckets
+        audio_config.ctc_spelling_grams = int(spelling_bags(spellings, ctc_spelling_buckets)[0].numel())
     config = FunAudioChatConfig(
         audio_config=audio_config,
         text_config=text_config,
@@ -116,6 +133,8 @@ def assemble_from_parts(
         **config_overrides,
     )
     model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    if spellings is not None:
+        model.speech_vocab_adapter.set_spelling(spellings)
     # Our encoder always uses SDPA; saying so up front spares transformers' warning that it cannot
     # check a sub-config without a sub-model.
     config.audio_config._attn_implementation = attn_implementation

@@ -90,6 +90,8 @@ class FunAudioChatPreTrainedModel(PreTrainedModel):
             init.zeros_(module.blank_query)
             init.zeros_(module.blank_embed)
             init.ones_(module.logit_scale)
+            if module.spelling is not None:
+                init.zeros_(module.spelling.weight)
 
 
 class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
@@ -110,10 +112,12 @@ class FunAudioChatForConditionalGeneration(FunAudioChatPreTrainedModel):
         self.continuous_audio_tower = SpeechEncoder(audio)
         self.audio_tower = SpeechTokenGrouping(audio)
         self.audio_invert_tower = SpeechRefinedHead(audio) if audio.enable_audio_invert_tower else None
-        self.speech_vocab_adapter = (
-            VocabCTCAdapter(audio.output_dim) if audio.continuous_adapter == "vocab_ctc" else None
-        )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        self.speech_vocab_adapter = (
+            VocabCTCAdapter(audio.output_dim, audio.ctc_spelling_buckets, audio.ctc_spelling_grams,
+                            audio.ctc_vocab_size or self.language_model.get_input_embeddings().num_embeddings)
+            if audio.continuous_adapter == "vocab_ctc" else None
+        )
         # Full duplex only (docs/duplex.md): one logit per action of the 5 Hz clock.
         self.duplex_head = (
             torch.nn.Linear(config.text_config.hidden_size, len(config.duplex["actions"]))

@@ -5,7 +5,7 @@ import torch
 
 from funaudiochat.config import FunAudioChatAudioEncoderConfig, tiny_config
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
-from funaudiochat.modeling.vocab_adapter import VocabCTCAdapter
+from funaudiochat.modeling.vocab_adapter import VocabCTCAdapter, spelling_bags
 from funaudiochat.testing import synthetic_batch
 
 
@@ -102,13 +102,109 @@ def test_the_released_layout_has_no_adapter_parameters():
         model.speech_ctc_logits(torch.zeros(1, 80, 100))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("continuous_adapter", "mlp", "continuous_adapter must be one of"),
-    ("ctc_vocab_size", 0, "ctc_vocab_size must be >= 1"),
+@pytest.mark.parametrize("fields, message", [
+    ({"continuous_adapter": "mlp"}, "continuous_adapter must be one of"),
+    ({"ctc_vocab_size": 0}, "ctc_vocab_size must be >= 1"),
+    ({"ctc_spelling_buckets": -1}, "must be >= 0"),
+    ({"ctc_spelling_buckets": 64, "ctc_spelling_grams": 10}, "needs continuous_adapter='vocab_ctc'"),
+    ({"ctc_spelling_buckets": 64, "continuous_adapter": "vocab_ctc"}, "ctc_spelling_grams >= 1"),
 ])
-def test_bad_adapter_settings_are_refused(field, value, message):
+def test_bad_adapter_settings_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
-        FunAudioChatAudioEncoderConfig(**{field: value})
+        FunAudioChatAudioEncoderConfig(**fields)
+
+
+def bag_sets(index, offsets):
+    ends = offsets.tolist()[1:] + [index.numel()]
+    return [index[a:b].tolist() for a, b in zip(offsets.tolist(), ends)]
+
+
+def test_spelling_bags_fold_case_and_share_the_ngrams_of_pieces():
+    index, offsets = spelling_bags([" France", " f", "rance", "xyz", ""], buckets=1 << 20)
+    bags = bag_sets(index, offsets)
+    assert len(bags[0]) == 7 + 6 + 5  # "_france": letters, bigrams, trigrams
+    assert len(bags[1]) == 2 + 1 and len(bags[4]) == 1  # "_f"; the empty token's own bucket
+    assert set(bags[2]) < set(bags[0]) and set(bags[1]) < set(bags[0])
+    assert not set(bags[3]) & set(bags[0])
+    # crc32, not Python's salted hash: the same buckets in every process
+    assert bag_sets(*spelling_bags([" France"], 1 << 20))[0] == bags[0]
+    assert spelling_bags(["ab"], 8)[0].tolist() == [v % 8 for v in spelling_bags(["ab"], 1 << 20)[0].tolist()]
+    with pytest.raises(ValueError, match="buckets must be >= 1"):
+        spelling_bags(["a"], 0)
+
+
+def test_a_spelling_table_scores_each_token_by_its_ngrams_and_starts_at_zero():
+    tokens = [" cat", " hat", "zz"]
+    index, offsets = spelling_bags(tokens, 97)
+    ad = VocabCTCAdapter(4, spelling_buckets=97, spelling_grams=index.numel(), vocab_size=3)
+    ad.set_spelling(tokens)
+    table = torch.randn(3, 4)
+    x = torch.randn(2, 4)
+    plain = VocabCTCAdapter(4)
+    torch.testing.assert_close(ad.logits(x, table), plain.logits(x, table))  # zero vectors at the start
+    with torch.no_grad():
+        ad.spelling.weight.normal_()
+    rows = ad.score_table(table) - table
+    for v, bag in enumerate(bag_sets(index, offsets)):
+        expected = ad.spelling.weight[bag].sum(0) / len(bag) ** 0.5
+        torch.testing.assert_close(rows[v], expected)
+    # the backbone still reads the plain embeddings: only the scores change
+    post = ad.logits(x, table).softmax(-1)
+    torch.testing.assert_close(ad(x, table), ad.mix(post, table))
+    torch.testing.assert_close(ad.mix(post, table), post[:, :-1] @ table + post[:, -1:] * ad.blank_embed)
+    with pytest.raises(ValueError, match="do not fit"):
+        ad.set_spelling(tokens[:2])
+    with pytest.raises(ValueError, match="no spelling table"):
+        plain.set_spelling(tokens)
+
+
+def spelled_model(tmp_path, buckets=64):
+    from funaudiochat.modeling.build import assemble_from_parts
+    from funaudiochat.testing import save_tiny_backbone
+
+    save_tiny_backbone(tmp_path / "llm")
+    srh = tiny_config().audio_config.crq_transformer_config
+    torch.manual_seed(0)
+    return assemble_from_parts(tmp_path / "llm", srh_config=srh, continuous_adapter="vocab_ctc",
+                               ctc_spelling_buckets=buckets)
+
+
+def test_assembly_fills_the_spelling_bags_from_the_tokenizer_and_they_train(tmp_path):
+    from funaudiochat.modeling.build import token_spellings
+
+    model, tok = spelled_model(tmp_path)
+    audio = model.config.audio_config
+    spellings = token_spellings(tok, audio.ctc_vocab_size)
+    index, offsets = spelling_bags(spellings, 64)
+    assert audio.ctc_spelling_buckets == 64 and audio.ctc_spelling_grams == index.numel()
+    assert torch.equal(model.speech_vocab_adapter.spelling_index, index)
+    assert torch.equal(model.speech_vocab_adapter.spelling_offsets, offsets)
+    batch = synthetic_batch(model.config, batch_size=2)
+    logits, lens = model.speech_ctc_logits(batch["input_features"], batch["feature_attention_mask"])
+    assert logits.shape[-1] == audio.ctc_vocab_size + 1
+    logits.logsumexp(-1).sum().backward()
+    assert model.speech_vocab_adapter.spelling.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs continuous_adapter='vocab_ctc'"):
+        from funaudiochat.modeling.build import assemble_from_parts
+        assemble_from_parts(tmp_path / "llm", srh_config=tiny_config().audio_config.crq_transformer_config,
+                            ctc_spelling_buckets=64)
+
+
+def test_a_spelling_table_survives_save_and_reload(tmp_path):
+    model, _ = spelled_model(tmp_path)
+    model.eval()
+    with torch.no_grad():
+        model.speech_vocab_adapter.spelling.weight.normal_()
+    model.save_pretrained(tmp_path / "saved")
+    again = FunAudioChatForConditionalGeneration.from_pretrained(tmp_path / "saved").eval()
+    ad, ad2 = model.speech_vocab_adapter, again.speech_vocab_adapter
+    assert torch.equal(ad2.spelling_index, ad.spelling_index) and torch.equal(ad2.spelling_offsets, ad.spelling_offsets)
+    torch.testing.assert_close(ad2.spelling.weight, ad.spelling.weight)
+    batch = synthetic_batch(model.config, batch_size=2)
+    with torch.no_grad():
+        a = model.speech_ctc_logits(batch["input_features"], batch["feature_attention_mask"])[0]
+        b = again.speech_ctc_logits(batch["input_features"], batch["feature_attention_mask"])[0]
+    torch.testing.assert_close(b, a)
 
 
 def test_assembly_from_parts_reads_over_the_backbones_own_vocabulary(tmp_path):
