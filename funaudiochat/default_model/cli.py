@@ -77,6 +77,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
             cfg.frozen_encoder_prefixes()
         except ValueError as exc:
             raise SystemExit(f"error: --encoder-trainable-layers: {exc}") from None
+    if args.ctc_spelling_buckets:
+        if args.ctc_spelling_buckets < 0:
+            raise SystemExit(f"error: --ctc-spelling-buckets must be >= 0, got {args.ctc_spelling_buckets}")
+        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
+        cfg.ctc_spelling_buckets = args.ctc_spelling_buckets
+        try:
+            cfg.__post_init__()
+        except ValueError as exc:
+            raise SystemExit(f"error: --ctc-spelling-buckets: {exc}") from None
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -146,6 +155,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
                    "stay as pip ships them in every stage and the package leaves them out (default: all "
                    "layers train; 0 freezes the encoder, leaving the linear adapter to read it alone)")
+    p.add_argument("--ctc-spelling-buckets", type=int, default=0, metavar="N",
+                   help="give the CTC readout a spelling table of N hashed character n-gram buckets, so rare "
+                   "tokens share what their letters learnt (default 0: none, as shipped; session 20's probe "
+                   "used 8192, docs/default-model.md; vocab_ctc only)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

@@ -90,7 +90,9 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
         if unshipped and name.startswith(unshipped):
             continue
         if name.startswith(SPEECH_PREFIXES):
-            speech[name] = param.detach().to(torch.float16).contiguous()
+            # Index buffers (the CTC spelling bags) stay integers; int32 holds every index.
+            kind = torch.float16 if param.is_floating_point() else torch.int32
+            speech[name] = param.detach().to(kind).contiguous()
             continue
         if not name.startswith(LM_PREFIX):
             raise ValueError(f"parameter {name} belongs to no shipped part")
@@ -142,7 +144,7 @@ def apply_package(model: torch.nn.Module, files: Mapping[str, Mapping[str, torch
         for name, t in speech.items():
             if state[name].shape != t.shape:
                 raise ManifestError(f"{source}/{SPEECH_FILE}: {name} has shape {tuple(t.shape)}, model has {tuple(state[name].shape)}")
-            state[name].copy_(t.float())
+            state[name].copy_(t if not t.is_floating_point() else t.float())
         for key, t in delta.items():
             if key == "embed_new_rows":
                 emb = state[EMBED_KEY]
@@ -292,7 +294,8 @@ def _versions() -> dict[str, str]:
 
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
                  info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
-                 text_layout: str = "ahead", encoder: str = "tiny.en", from_pip: tuple[str, ...] = ()) -> Path:
+                 text_layout: str = "ahead", encoder: str = "tiny.en", from_pip: tuple[str, ...] = (),
+                 ctc_spelling_buckets: int = 0) -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
@@ -300,7 +303,8 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
     (``config.text_layout``) tells the engine how the model writes text while it speaks; packages
     without it are ``ahead``.  ``encoder`` names the pip Whisper encoder; ``from_pip`` lists the
     prefixes of its parts that are not in ``speech.safetensors`` (never trained: the loader takes them
-    from pip).
+    from pip).  ``ctc_spelling_buckets`` sizes the CTC readout's spelling table (packages without it
+    have none).
     """
     from safetensors.torch import save_file
 
@@ -327,6 +331,7 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
             "srh_config": parts.SRH_CONFIG, "group_size": parts.GROUP_SIZE,
             "speech_adapter": speech_adapter,
             "text_layout": text_layout,
+            "ctc_spelling_buckets": ctc_spelling_buckets,
         },
         "versions": _versions(),
         "build": dict(info or {}),
@@ -410,8 +415,12 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
         raise ManifestError(f"{root / MANIFEST}: speech_encoder.from_pip may only name encoder parts "
                             f"({ENCODER_PREFIX}...), got {list(from_pip)}")
     # Every random part of the skeleton, the added tokens' rows included, is overwritten below.
+    spelling = manifest["applies_to"].get("ctc_spelling_buckets", 0)
+    if not isinstance(spelling, int) or spelling < 0 or (spelling and adapter != "vocab_ctc"):
+        raise ManifestError(f"{root / MANIFEST}: ctc_spelling_buckets must be an integer >= 0, and 0 unless the "
+                            f"speech adapter is vocab_ctc; got {spelling!r} with {adapter!r}")
     model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=bool(from_pip), speech_adapter=adapter,
-                                               init_new_rows=False, encoder=name)
+                                               init_new_rows=False, encoder=name, ctc_spelling_buckets=spelling)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")

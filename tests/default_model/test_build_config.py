@@ -11,6 +11,7 @@ from funaudiochat.default_model.build import (
     CTC_TRAINABLE,
     ENCODER_PREFIX,
     FROZEN_AFTER_CTC,
+    SPELLING_PREFIX,
     STAGES,
     BuildConfig,
     write_recipes,
@@ -67,6 +68,9 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--read-aloud", "-2"], "--read-aloud must be >= 0, got -2"),
     (["--encoder", "base", "--encoder-trainable-layers", "7"],
      "--encoder-trainable-layers: Whisper base has 6 layers; trainable layers must be 0 to 6, got 7"),
+    (["--ctc-spelling-buckets", "-3"], "--ctc-spelling-buckets must be >= 0, got -3"),
+    (["--speech-adapter", "linear", "--ctc-spelling-buckets", "64"],
+     "--ctc-spelling-buckets: ctc_spelling_buckets needs speech_adapter 'vocab_ctc'"),
 ])
 def test_build_cli_rejects_inconsistent_sizes(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -122,6 +126,18 @@ def test_a_work_dir_made_with_another_text_layout_is_refused(tmp_path):
         BuildConfig(text_layout="late")
 
 
+def test_a_work_dir_made_with_another_spelling_table_is_refused(tmp_path):
+    import json
+
+    from funaudiochat.default_model.build import _init_stage
+
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps({"audio_config": {"continuous_adapter": "vocab_ctc"}}))
+    assert _init_stage(tmp_path, 0, "vocab_ctc") == tmp_path / "init"  # before session 20: no spelling table
+    with pytest.raises(ValueError, match="made with the 0 CTC spelling buckets, this build uses 8192"):
+        _init_stage(tmp_path, 0, "vocab_ctc", ctc_spelling_buckets=8192)
+
+
 def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embedding(tmp_path):
     data = tmp_path / "d"
     paths = _recipes(tmp_path, BuildConfig(), data / "sft.jsonl", data / "dpo.jsonl",
@@ -133,6 +149,11 @@ def test_later_stages_keep_the_ctc_trained_path_frozen_except_the_blank_embeddin
         assert load_recipe(paths[name]).train.freeze == FROZEN_AFTER_CTC
     assert not any("speech_vocab_adapter.blank_embed".startswith(p) for p in FROZEN_AFTER_CTC)
     assert any("speech_vocab_adapter.blank_query".startswith(p) for p in FROZEN_AFTER_CTC)
+    # a spelling table only scores, like blank_query: frozen with it (and named only when it exists)
+    spelled = _recipes(tmp_path / "sp", BuildConfig(ctc_spelling_buckets=64), data / "s", data / "p", ctc=data / "c")
+    assert load_recipe(spelled["core_cocktail_stage1"]).train.freeze == [*FROZEN_AFTER_CTC, SPELLING_PREFIX]
+    assert load_recipe(spelled[CTC_STAGE]).train.trainable == CTC_TRAINABLE  # which covers the table
+    assert SPELLING_PREFIX.startswith(tuple(CTC_TRAINABLE))
     # opting out restores session 6's recipes: the encoder keeps training at a tenth of the lr
     off = _recipes(tmp_path / "off", BuildConfig(freeze_speech_in=False), data / "s", data / "p",
                         ctc=data / "ctc.jsonl")

@@ -99,6 +99,15 @@ def test_smoke_build_outputs(smoke_build):
     else:
         assert not read.exists()
     assert (work / "runs" / "merged" / "merge_info.json").is_file()
+    # the spelling table (256 buckets in the smoke build): trained by CTC alone, then frozen, then shipped
+    states = {st: load_file(str(work / "runs" / st / "final" / "model.safetensors"))
+              for st in ("ctc_alignment", "dpo")}
+    init_state = load_file(str(work / "init" / "model.safetensors"))
+    key = "speech_vocab_adapter.spelling.weight"
+    assert init_state[key].shape == (256, 576) and not init_state[key].any()
+    assert states["ctc_alignment"][key].any() and torch.equal(states["ctc_alignment"][key], states["dpo"][key])
+    manifest = json.loads((smoke_build.out_dir / "manifest.json").read_text())
+    assert manifest["applies_to"]["ctc_spelling_buckets"] == 256
     assert set(smoke_build.timings) >= {"answers", "speech_data", "read_aloud", "ctc_alignment", "dpo", "srh_refine", "package"}
     # the SRH stage: 4 replies (+ 2 read-aloud turns) cached, 1 held out, 2 steps logged; only the head
     # differs from DPO's model

