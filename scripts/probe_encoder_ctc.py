@@ -25,6 +25,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +33,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from funaudiochat.modeling.build import token_spellings
+from funaudiochat.modeling.vocab_adapter import VocabCTCAdapter, spelling_bags
 from funaudiochat.training.ctc import CTC_CASES
 
 logger = logging.getLogger("probe_encoder_ctc")
 
 
+def id_bags(spellings: list[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The control for spelling bags: as many n-gram slots per token, hashed from its id instead.
+
+    Same shapes and parameter count, but no token shares a bucket with a similarly spelled one
+    except by chance: what the spelling table gains beyond its extra parameters.
+    """
+    index, offsets = spelling_bags(spellings, buckets)
+    counts = torch.diff(offsets, append=offsets.new_tensor([index.numel()])).tolist()
+    ids = [zlib.crc32(f"{v}:{j}".encode()) % buckets for v, n in enumerate(counts) for j in range(n)]
+    return torch.tensor(ids, dtype=torch.long), offsets
+
+
 class Readout(nn.Module):
-    """25 Hz encoder states -> 5 Hz CTC logits over the backbone's tokens plus a blank (last)."""
+    """25 Hz encoder states -> 5 Hz CTC logits over the backbone's tokens plus a blank (last).
 
-    def __init__(self, d_in: int, hidden: int, table: torch.Tensor, group: int = 5) -> None:
+    With ``spelling`` (each token's text) and ``buckets`` > 0, the adapter has a spelling table
+    (``VocabCTCAdapter``; zero at the start); ``source="ids"`` fills its bags by ``id_bags``.
+    """
+
+    def __init__(self, d_in: int, hidden: int, table: torch.Tensor, group: int = 5,
+                 spelling: list[str] | None = None, buckets: int = 0, source: str = "letters") -> None:
         super().__init__()
-        from funaudiochat.modeling.vocab_adapter import VocabCTCAdapter
-
         width = table.shape[1]
         self.frame = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.group_map = nn.Linear(width, width, bias=False)
-        self.adapter = VocabCTCAdapter(width)
         self.register_buffer("table", table, persistent=False)
         self.group = group
+        if buckets > 0 and spelling is not None:
+            index, offsets = (spelling_bags if source == "letters" else id_bags)(spelling, buckets)
+            self.adapter = VocabCTCAdapter(width, buckets, index.numel(), offsets.numel())
+            self.adapter.spelling_index.copy_(index)
+            self.adapter.spelling_offsets.copy_(offsets)
+        else:
+            self.adapter = VocabCTCAdapter(width)
 
     def forward(self, x: torch.Tensor, lens25: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -117,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--case", choices=CTC_CASES, default="lower",
                    help="transcript case of the CTC targets (training.ctc.normalize_transcript)")
+    p.add_argument("--spelling-buckets", type=int, default=0,
+                   help="score tokens with a learned vector from their hashed character n-grams in this many "
+                        "buckets besides their embedding (0: off; the adapter's ctc_spelling_buckets)")
+    p.add_argument("--spelling-source", choices=("letters", "ids"), default="letters",
+                   help="fill the spelling table's bags from each token's letters, or (the control) from its id")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder of the feature caches, to share them between runs (default: --out)")
     args = p.parse_args(argv)
@@ -149,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     with safe_open(str(backbone / "model.safetensors"), "pt") as f:
         table = f.get_tensor("model.embed_tokens.weight").float()
     torch.manual_seed(args.seed)
-    model = Readout(train_feats[0].shape[1], args.hidden, table)
+    model = Readout(train_feats[0].shape[1], args.hidden, table, spelling=token_spellings(tok, table.shape[0]),
+                    buckets=args.spelling_buckets, source=args.spelling_source)
     targets = [transcript_ids(tok, text, args.case) for _, text in train_items]
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.01)
     warm = max(1, args.steps // 20)
@@ -189,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "encoder": args.encoder, "train_items": len(train_items), "eval": str(args.eval), "n": len(refs),
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "seed": args.seed, "case": args.case,
-        "wer": round(corpus_wer(refs, hyps).rate, 4), **word_recall(refs, hyps),
+        "spelling_buckets": args.spelling_buckets,
+        "spelling_source": args.spelling_source, "wer": round(corpus_wer(refs, hyps).rate, 4), **word_recall(refs, hyps),
         "loss_last_100": round(float(np.mean(losses[-100:])), 4),
         "encode_s": round(encode_s, 1), "train_s": round(train_s, 1),
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    eval_ids = [json.loads(line).get("id") for line in args.eval.read_text(encoding="utf-8").split("\n") if line.strip()]
     with open(args.out / "transcripts.jsonl", "w", encoding="utf-8") as f:
-        for (path, ref), hyp in zip(eval_items, hyps):
-            f.write(json.dumps({"audio": path.name, "reference": ref, "ctc": hyp}) + "\n")
+        for (path, ref), hyp, item_id in zip(eval_items, hyps, eval_ids):
+            f.write(json.dumps({"id": item_id, "audio": path.name, "reference": ref, "ctc": hyp}) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

@@ -108,3 +108,27 @@ def test_heard_by_pieces_classes_names_and_token_counts():
     assert report["name, 2 tokens lower-cased, 1 token as written"] == {"heard": 0, "of": 1, "share": 0.0}
     assert report["name, 3+ tokens lower-cased, 2 tokens as written"] == {"heard": 1, "of": 1, "share": 1.0}
     assert report["other, 1 token lower-cased"] == {"heard": 2, "of": 2, "share": 1.0}  # capital, wrote
+
+
+def test_probe_readouts_with_spelling_or_id_bags_start_as_the_plain_readout():
+    torch = pytest.importorskip("torch")
+    probe = load_script("probe_encoder_ctc")
+    tokens = [" France", " f", "rance", "xyz"]
+    letters, ids = probe.spelling_bags(tokens, 1 << 20), probe.id_bags(tokens, 1 << 20)
+    assert torch.equal(ids[1], letters[1])  # the control keeps each token's number of slots
+    ends = letters[1].tolist()[1:] + [letters[0].numel()]
+    bags = [set(ids[0][a:b].tolist()) for a, b in zip(letters[1].tolist(), ends)]
+    assert not bags[2] & bags[0]  # ... but "rance" no longer shares " France"'s buckets
+    torch.manual_seed(0)
+    table = torch.randn(4, 8)
+    plain = probe.Readout(6, 16, table)
+    x, lens = torch.randn(2, 12, 6), torch.tensor([12, 7])
+    a, la = plain(x, lens)
+    assert a.shape == (2, 3, 5) and la.tolist() == [3, 2]
+    for source in ("letters", "ids"):
+        spelled = probe.Readout(6, 16, table, spelling=tokens, buckets=64, source=source)
+        spelled.load_state_dict(plain.state_dict(), strict=False)
+        b, _ = spelled(x, lens)
+        assert torch.equal(a, b)  # zero spelling vectors
+        b.logsumexp(-1).sum().backward()
+        assert spelled.adapter.spelling.weight.grad.abs().sum() > 0
