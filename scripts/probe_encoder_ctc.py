@@ -70,8 +70,7 @@ class Readout(nn.Module):
         if buckets > 0 and spelling is not None:
             index, offsets = (spelling_bags if source == "letters" else id_bags)(spelling, buckets)
             self.adapter = VocabCTCAdapter(width, buckets, index.numel(), offsets.numel())
-            self.adapter.spelling_index.copy_(index)
-            self.adapter.spelling_offsets.copy_(offsets)
+            self.adapter.set_bags(index, offsets)
         else:
             self.adapter = VocabCTCAdapter(width)
 

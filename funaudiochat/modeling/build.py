@@ -121,11 +121,11 @@ def assemble_from_parts(
         ctc_vocab_size=min(ids.values()) if continuous_adapter == "vocab_ctc" else None,
         **(audio_overrides or {}),
     )
-    spellings = None
+    bags = None
     if ctc_spelling_buckets:
-        spellings = token_spellings(tokenizer, audio_config.ctc_vocab_size)
+        bags = spelling_bags(token_spellings(tokenizer, audio_config.ctc_vocab_size), ctc_spelling_buckets)
         audio_config.ctc_spelling_buckets = ctc_spelling_buckets
-        audio_config.ctc_spelling_grams = int(spelling_bags(spellings, ctc_spelling_buckets)[0].numel())
+        audio_config.ctc_spelling_grams = int(bags[0].numel())
     config = FunAudioChatConfig(
         audio_config=audio_config,
         text_config=text_config,
@@ -133,8 +133,8 @@ def assemble_from_parts(
         **config_overrides,
     )
     model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
-    if spellings is not None:
-        model.speech_vocab_adapter.set_spelling(spellings)
+    if bags is not None:
+        model.speech_vocab_adapter.set_bags(*bags)
     # Our encoder always uses SDPA; saying so up front spares transformers' warning that it cannot
     # check a sub-config without a sub-model.
     config.audio_config._attn_implementation = attn_implementation

@@ -75,9 +75,14 @@ class VocabCTCAdapter(nn.Module):
         """Fill the bag buffers from the spelling of each CTC token (row order of the table)."""
         if self.spelling is None:
             raise ValueError("this adapter has no spelling table (spelling_buckets = 0)")
-        index, offsets = spelling_bags(tokens, self.spelling.num_embeddings)
+        self.set_bags(*spelling_bags(tokens, self.spelling.num_embeddings))
+
+    def set_bags(self, index: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Fill the bag buffers with ready-made ``(index, offsets)`` (``spelling_bags``' form)."""
+        if self.spelling is None:
+            raise ValueError("this adapter has no spelling table (spelling_buckets = 0)")
         if index.shape != self.spelling_index.shape or offsets.shape != self.spelling_offsets.shape:
-            raise ValueError(f"{len(tokens)} tokens with {index.numel()} n-grams do not fit this adapter's "
+            raise ValueError(f"{offsets.numel()} tokens with {index.numel()} n-grams do not fit this adapter's "
                              f"{self.spelling_offsets.numel()} tokens and {self.spelling_index.numel()} n-grams")
         with torch.no_grad():
             self.spelling_index.copy_(index)
@@ -89,7 +94,7 @@ class VocabCTCAdapter(nn.Module):
             return table
         counts = torch.diff(self.spelling_offsets, append=self.spelling_offsets.new_tensor([self.spelling_index.numel()]))
         # 1/sqrt(n-grams): a long token's vector is not louder than a short one's.
-        weights = torch.repeat_interleave(counts.clamp(min=1).float().rsqrt(), counts)
+        weights = torch.repeat_interleave(counts.clamp(min=1).float().rsqrt(), counts).to(self.spelling.weight.dtype)
         vectors = self.spelling(self.spelling_index, self.spelling_offsets, per_sample_weights=weights)
         return table + vectors.to(table.dtype)
 

@@ -152,6 +152,11 @@ def test_a_spelling_table_scores_each_token_by_its_ngrams_and_starts_at_zero():
     post = ad.logits(x, table).softmax(-1)
     torch.testing.assert_close(ad(x, table), ad.mix(post, table))
     torch.testing.assert_close(ad.mix(post, table), post[:, :-1] @ table + post[:, -1:] * ad.blank_embed)
+    half = ad.to(torch.bfloat16)  # the bags stay integers; the weights follow the table's dtype
+    assert half.spelling_index.dtype == torch.long
+    torch.testing.assert_close(half.logits(x.bfloat16(), table.bfloat16()).float(), ad.float().logits(x, table),
+                               atol=0.1, rtol=0.05)
+    ad.float()
     with pytest.raises(ValueError, match="do not fit"):
         ad.set_spelling(tokens[:2])
     with pytest.raises(ValueError, match="no spelling table"):
