@@ -29,63 +29,73 @@ def _log_duplex(res) -> None:
     logger.info("duplex stage times (s): %s", res.timings)
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from funaudiochat.default_model.build import BuildConfig, SRHRefineSpec, run_build
+def _build_config(args: argparse.Namespace, base):
+    """``base`` (the preset) with the flags given on top, checked as a whole.
 
-    if args.scale <= 0:
-        raise SystemExit(f"error: --scale must be > 0, got {args.scale}")
-    if args.smoke and args.preset != "cpu":
-        raise SystemExit("error: --smoke already sizes every stage; leave out --preset")
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="funaudiochat-build-"))
-    logger.info("work dir: %s", work)
-    cfg = BuildConfig.gpu(args.scale) if args.preset == "gpu" else None
-    if cfg is None and args.scale != 1.0:
-        raise SystemExit("error: --scale applies to --preset gpu only")
+    Why flags only override: with no flags the build is the preset, so ``build-default --out O --work W``
+    remakes the shipped model and ``--preset cpu-base`` session 21's.  Choosing another encoder without
+    ``--encoder-trainable-layers`` trains all of its layers, and the linear adapter drops the spelling
+    table unless one is asked for.
+    """
+    import dataclasses
+
+    from funaudiochat.default_model.build import SRHRefineSpec
+    from funaudiochat.default_model.parts import frozen_whisper_prefixes
+
+    changes: dict = {"speech_adapter": args.speech_adapter, "text_layout": args.text_layout}
     if args.srh_refine is not None:
         if args.smoke:
             raise SystemExit("error: --smoke already sizes every stage (its SRH stage included); leave out --srh-refine")
         if args.srh_refine < 1:
             raise SystemExit(f"error: --srh-refine needs a step count >= 1, got {args.srh_refine}")
-        cfg = cfg or BuildConfig()
-        cfg.srh = SRHRefineSpec(steps=args.srh_refine)
-    if args.speech_adapter != "vocab_ctc":
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.speech_adapter = args.speech_adapter
-    if args.text_layout != "ahead":
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.text_layout = args.text_layout
+        changes["srh"] = SRHRefineSpec(steps=args.srh_refine)
+    for flag, value in (("--vocab-sentences", args.vocab_sentences), ("--read-aloud", args.read_aloud),
+                        ("--ctc-spelling-buckets", args.ctc_spelling_buckets)):
+        if value is not None and value < 0:
+            raise SystemExit(f"error: {flag} must be >= 0, got {value}")
     if args.vocab_sentences is not None:
-        if args.vocab_sentences < 0:
-            raise SystemExit(f"error: --vocab-sentences must be >= 0, got {args.vocab_sentences}")
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.vocab_sentences = args.vocab_sentences
+        changes["vocab_sentences"] = args.vocab_sentences
     if args.read_aloud is not None:
-        if args.read_aloud < 0:
-            raise SystemExit(f"error: --read-aloud must be >= 0, got {args.read_aloud}")
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.read_aloud = args.read_aloud
+        changes["read_aloud"] = args.read_aloud
     if args.no_freeze_speech_in:
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.freeze_speech_in = False
-    if args.train_new_tokens:
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.train_new_tokens = True
-    if args.encoder != "tiny.en" or args.encoder_trainable_layers is not None:
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.encoder, cfg.encoder_trainable_layers = args.encoder, args.encoder_trainable_layers
+        changes["freeze_speech_in"] = False
+    if args.train_new_tokens is not None:
+        changes["train_new_tokens"] = args.train_new_tokens
+    encoder = args.encoder or base.encoder
+    layers = args.encoder_trainable_layers
+    if layers is None and encoder == base.encoder:
+        layers = base.encoder_trainable_layers
+    if layers is not None:
         try:
-            cfg.frozen_encoder_prefixes()
+            frozen_whisper_prefixes(encoder, layers)
         except ValueError as exc:
             raise SystemExit(f"error: --encoder-trainable-layers: {exc}") from None
-    if args.ctc_spelling_buckets:
-        if args.ctc_spelling_buckets < 0:
-            raise SystemExit(f"error: --ctc-spelling-buckets must be >= 0, got {args.ctc_spelling_buckets}")
-        cfg = cfg or (BuildConfig.smoke() if args.smoke else BuildConfig())
-        cfg.ctc_spelling_buckets = args.ctc_spelling_buckets
-        try:
-            cfg.__post_init__()
-        except ValueError as exc:
-            raise SystemExit(f"error: --ctc-spelling-buckets: {exc}") from None
+    changes["encoder"], changes["encoder_trainable_layers"] = encoder, layers
+    spelling = args.ctc_spelling_buckets
+    if spelling is None:
+        spelling = base.ctc_spelling_buckets if args.speech_adapter == "vocab_ctc" else 0
+    elif spelling and args.speech_adapter != "vocab_ctc":
+        raise SystemExit("error: --ctc-spelling-buckets: ctc_spelling_buckets needs speech_adapter 'vocab_ctc'")
+    changes["ctc_spelling_buckets"] = spelling
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from funaudiochat.default_model.build import BuildConfig, run_build
+
+    if args.scale <= 0:
+        raise SystemExit(f"error: --scale must be > 0, got {args.scale}")
+    if args.smoke and args.preset != "cpu":
+        raise SystemExit("error: --smoke already sizes every stage; leave out --preset")
+    if args.preset != "gpu" and args.scale != 1.0:
+        raise SystemExit("error: --scale applies to --preset gpu only")
+    presets = {"cpu": BuildConfig, "cpu-base": BuildConfig.cpu_base, "gpu": lambda: BuildConfig.gpu(args.scale)}
+    cfg = _build_config(args, BuildConfig.smoke() if args.smoke else presets[args.preset]())
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="funaudiochat-build-"))
+    logger.info("work dir: %s", work)
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
     res = run_build(args.out, work, smoke=args.smoke, benchdata=args.benchdata, config=cfg, duplex=args.duplex,
                     duplex_config=dcfg)
@@ -118,9 +128,11 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the shipped weights + manifest.json")
     p.add_argument("--work", default=None, help="work dir for caches and checkpoints (reuse it to resume)")
     p.add_argument("--smoke", action="store_true", help="a handful of items and steps (minutes on a CPU)")
-    p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
-                   help="stage sizes: 'cpu' fits 90 minutes on 2 cores; 'gpu' is about 25x the samples in "
-                   "bf16 with 4x the batch (10 minutes on one H200, docs/default-model.md)")
+    p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default="cpu",
+                   help="'cpu': the shipped recipe (Whisper tiny.en; 80 minutes on 2 cores); 'cpu-base': session "
+                   "21's (Whisper base with its top 2 layers trained, the added rows trained, a spelling table; "
+                   "94.5 minutes on 2 cores, not shipped yet); 'gpu': the cpu recipe at about 25x the samples in "
+                   "bf16 with 4x the batch (10 minutes on one H200); docs/default-model.md")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
     p.add_argument("--speech-adapter", choices=("vocab_ctc", "linear"), default="vocab_ctc",
@@ -144,21 +156,23 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-freeze-speech-in", action="store_true",
                    help="let the stages after the CTC stage train the encoder and the CTC readout too "
                    "(session 6's recipe; the default freezes them, docs/default-model.md)")
-    p.add_argument("--train-new-tokens", action="store_true",
+    p.add_argument("--train-new-tokens", action=argparse.BooleanOptionalAction, default=None,
                    help="train the embedding rows of the added audio tokens in the stages after the CTC "
-                   "stage (the default keeps their initial values, as the shipped model did; the "
-                   "session-12 GPU build and session 18's CPU build used it, neither shipped, docs/default-model.md)")
-    p.add_argument("--encoder", choices=("tiny.en", "base"), default="tiny.en",
-                   help="the pip Whisper encoder of the speech-in path (default tiny.en, as shipped; base hears "
-                   "more real speech, docs/default-model.md, session 17)")
+                   "stage (default: the preset's, off except in cpu-base; the shipped model kept their "
+                   "initial values, docs/default-model.md)")
+    p.add_argument("--encoder", choices=("tiny.en", "base"), default=None,
+                   help="the pip Whisper encoder of the speech-in path (default: the preset's, tiny.en as shipped "
+                   "except base in cpu-base; base hears more real speech, docs/default-model.md, session 17)")
     p.add_argument("--encoder-trainable-layers", type=int, default=None, metavar="K",
                    help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
-                   "stay as pip ships them in every stage and the package leaves them out (default: all "
-                   "layers train; 0 freezes the encoder, leaving the linear adapter to read it alone)")
-    p.add_argument("--ctc-spelling-buckets", type=int, default=0, metavar="N",
+                   "stay as pip ships them in every stage and the package leaves them out (default: the "
+                   "preset's, 2 in cpu-base and all layers otherwise, and all layers of an encoder other than "
+                   "the preset's; 0 freezes the encoder, leaving the linear adapter to read it alone)")
+    p.add_argument("--ctc-spelling-buckets", type=int, default=None, metavar="N",
                    help="give the CTC readout a spelling table of N hashed character n-gram buckets, so rare "
-                   "tokens share what their letters learnt (default 0: none, as shipped; session 20's probe "
-                   "used 8192, docs/default-model.md; vocab_ctc only)")
+                   "tokens share what their letters learnt (default: the preset's, 0 as shipped, 8192 in "
+                   "cpu-base, 256 with --smoke, and 0 with --speech-adapter linear; docs/default-model.md; "
+                   "vocab_ctc only)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",

@@ -259,3 +259,61 @@ def test_every_stage_of_a_frozen_encoder_build_gets_an_optimizer(tmp_path):
             trained = configure_trainable(model, r.train.freeze, r.train.trainable)
             assert trained and not any(n.startswith("continuous_audio_tower.layers.0.") for n in trained)
             assert isinstance(build_optimizer(model, r), torch.optim.AdamW)
+
+
+def test_the_cpu_base_preset_is_session_21s_recipe_and_its_recipes_validate(tmp_path):
+    new, plain = BuildConfig.cpu_base(), BuildConfig()
+    assert (new.encoder, new.encoder_trainable_layers, new.train_new_tokens, new.ctc_spelling_buckets) == \
+        ("base", 2, True, 8192)
+    assert (plain.encoder, plain.encoder_trainable_layers, plain.train_new_tokens, plain.ctc_spelling_buckets) == \
+        ("tiny.en", None, False, 0)
+    assert [s.max_steps for s in new.stages.values()] == [s.max_steps for s in plain.stages.values()]
+    data = tmp_path / "d"
+    paths = _recipes(tmp_path / "new", new, data / "s", data / "p", ctc=data / "c")
+    ctc = load_recipe(paths[CTC_STAGE])
+    assert ctc.train.freeze[-1] == "continuous_audio_tower.layers.3."  # base's layers 4 and 5 train
+    for name in STAGES:
+        r = load_recipe(paths[name])
+        assert r.train.new_token_rows == VOCAB and SPELLING_PREFIX in r.train.freeze
+
+
+class _Stop(Exception):
+    pass
+
+
+def _cli_config(monkeypatch, tmp_path, *flags):
+    """The BuildConfig that ``build-default`` hands to run_build for these flags (nothing is built)."""
+    from funaudiochat.default_model import build
+
+    seen = {}
+
+    def fake_run_build(out, work, smoke=False, benchdata=None, config=None, **kw):
+        seen["config"] = config
+        raise _Stop
+
+    monkeypatch.setattr(build, "run_build", fake_run_build)
+    with pytest.raises(_Stop):
+        main(["build-default", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *flags])
+    return seen["config"]
+
+
+def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp_path):
+    assert _cli_config(monkeypatch, tmp_path) == BuildConfig()  # the shipped recipe
+    new = _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base")
+    assert new == BuildConfig.cpu_base()
+    # session 21's build, spelled out flag by flag as it was run
+    assert _cli_config(monkeypatch, tmp_path, "--encoder", "base", "--encoder-trainable-layers", "2",
+                       "--train-new-tokens", "--ctc-spelling-buckets", "8192") == new
+    # and back to the shipped recipe from cpu-base
+    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base", "--encoder", "tiny.en",
+                       "--no-train-new-tokens", "--ctc-spelling-buckets", "0") == BuildConfig()
+    # another encoder trains all its layers unless told; the linear adapter has no spelling table
+    assert _cli_config(monkeypatch, tmp_path, "--encoder", "base").encoder_trainable_layers is None
+    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base",
+                       "--encoder-trainable-layers", "1").encoder_trainable_layers == 1
+    lin = _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base", "--speech-adapter", "linear")
+    assert (lin.speech_adapter, lin.ctc_spelling_buckets, lin.encoder) == ("linear", 0, "base")
+    smoke = _cli_config(monkeypatch, tmp_path, "--smoke")
+    assert smoke == BuildConfig.smoke() and smoke.ctc_spelling_buckets == 256
+    gpu = _cli_config(monkeypatch, tmp_path, "--preset", "gpu", "--scale", "0.5", "--train-new-tokens")
+    assert gpu.train_new_tokens and gpu.stages["dpo"].max_steps == BuildConfig.gpu(0.5).stages["dpo"].max_steps
