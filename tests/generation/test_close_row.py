@@ -9,8 +9,10 @@ from funaudiochat.processing import Message
 from .conftest import SYSTEM, user_audio
 from .test_engine import GREEDY_S2S, S2T, CountingDetokenizer, check_invariants
 
-# Greedy replies of the trained model in s2s: 11, 5 (2 speech tokens, after BEFORE) and 12 steps.
-MESSAGES = [Message("user", audio=user_audio()), Message("user", "hello"), Message("user", audio=user_audio(3, 0.5))]
+# Rows 0 and 2 ask the question the model was over-fitted on, so their greedy replies (11 steps) are
+# the same on every machine; row 1's reply to an unseen "hello" is short (4 or 5 steps, by machine).  Why
+# not an unseen recording in row 2: its reply was 12 steps on one CI machine and 4 on another.
+MESSAGES = [Message("user", audio=user_audio()), Message("user", "hello"), Message("user", audio=user_audio())]
 SHORT = 1
 BEFORE = Message("user", "hello")  # the short row's earlier turn (S2T): its history is the longest
 AFTER = Message("user", "what is two plus two ?")
@@ -69,7 +71,10 @@ def test_a_finished_row_leaves_the_batch_and_its_conversation_goes_on(engine):
     assert not convs[SHORT].lock.locked() and convs[0].lock.locked() and convs[2].lock.locked()
     check_invariants(convs[SHORT])
     assert summary(early) == solo_ends[SHORT]
-    assert turn.rows[SHORT].tail and streamed(events[SHORT] + turn.rows[SHORT].tail) == solo_streams[SHORT]
+    # the detokenizer's last audio comes at the close, when the reply spoke at all (on some machines the
+    # unseen "hello" gets a reply without speech tokens)
+    assert bool(turn.rows[SHORT].tail) == bool(solo_streams[SHORT][1])
+    assert streamed(events[SHORT] + turn.rows[SHORT].tail) == solo_streams[SHORT]
     with pytest.raises(RuntimeError, match="already closed"):
         turn.close_row(SHORT)
     # the conversation takes its next turn while the batch is still running
