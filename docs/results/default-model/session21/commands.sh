@@ -59,3 +59,13 @@ git checkout funaudiochat/assets/default_model
 # 7. The full-duplex extra on this build: its data was made, and training was stopped at step 31 of 400
 #    (8 s a step beside step 3's evaluations), for time.
 funaudiochat -v build-default-duplex --work $work --out build/s21-out-duplex --base build/s21-out
+
+# 8. The no-merge ablation: stage 2 and DPO again from stage 1 without the merge (into $work/runs_nomerge;
+#    the preset is the same recipe as step 1's flags), then its text in and LLaMA-Q s2t.
+funaudiochat -v build-default --out build/s21-out --work $work --preset cpu-base --benchdata ../shared/benchdata \
+  --ablation-no-merge
+cp $work/timings_nomerge.json $R/timings_nomerge.json
+ev $work/runs_nomerge/dpo/final llama_questions,web_questions,triviaqa text s21_nomerge_dpo
+ev $work/runs_nomerge/dpo/final llama_questions s2t s21_nomerge_dpo_s2t
+cp $res/s21_nomerge_dpo/report.md $R/report_s21_nomerge_dpo.md
+cp $res/s21_nomerge_dpo_s2t/report.md $R/report_s21_nomerge_dpo_s2t.md
