@@ -125,15 +125,22 @@ def attach_detokenizer(engine, backend: str, path: str | None) -> None:
 
 
 def run_turn(engine, conv, message, options, out: TextIO | None = None):
-    """Stream one reply: text to ``out`` (stdout) as it comes; returns the end-of-turn summary."""
+    """Stream one reply: text to ``out`` (stdout) as it comes; returns the end-of-turn summary.
+
+    The reply's leading whitespace is not printed (the conversation keeps it): a model whose first
+    token is a word's mid-sentence form (" the") would otherwise indent every answer line.
+    """
     from funaudiochat.generation import AudioChunk, EndOfTurn, TextDelta
 
     out = out or sys.stdout
     end = None
     chunks = []
+    started = False
     for event in engine.stream(conv, message, options):
         if isinstance(event, TextDelta):
-            out.write(event.text)
+            text = event.text if started else event.text.lstrip()
+            started = started or bool(text)
+            out.write(text)
             out.flush()
         elif isinstance(event, AudioChunk):
             chunks.append(event)

@@ -157,3 +157,28 @@ def test_embedded_model_keeps_its_text_knowledge(capsys):
     _needs_embedded_model()
     assert main(["chat", "--text", "What is the capital of France?", "--text-only", "--max-seconds", "4"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+class _ScriptedEngine:
+    """Streams fixed events: enough to check what ``run_turn`` prints."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = pieces
+
+    def stream(self, conv, message, options):
+        from funaudiochat.generation import EndOfTurn, TextDelta
+
+        for piece in self.pieces:
+            yield TextDelta(piece, [])
+        yield EndOfTurn("".join(self.pieces), [], "eos", len(self.pieces))
+
+
+def test_printed_reply_drops_only_its_leading_whitespace():
+    import io
+
+    from funaudiochat.chat import run_turn
+
+    out = io.StringIO()
+    end = run_turn(_ScriptedEngine([" ", "\n the", " capital", " is  Paris. "]), None, None, None, out=out)
+    assert out.getvalue() == "the capital is  Paris. \n"
+    assert end.text == " \n the capital is  Paris. "  # the conversation's copy is untouched
