@@ -111,11 +111,7 @@ def extract_package(model: torch.nn.Module, base_lm: Mapping[str, torch.Tensor],
         if torch.equal(w, w0):
             continue
         if w.ndim == 2 and rank < min(w.shape) // 2:
-            d = (w - w0).double()
-            u, s, v = torch.svd_lowrank(d, q=min(rank + 8, min(d.shape)), niter=4)
-            root = s[:rank].sqrt()
-            a, b = (u[:, :rank] * root), (root[:, None] * v[:, :rank].T)
-            rel = float(torch.linalg.norm(d - a @ b) / torch.linalg.norm(d))
+            a, b, rel = _low_rank(w - w0, rank)
             worst = max(worst, rel)
             delta[f"{name}.a"] = a.to(torch.float16).contiguous()
             delta[f"{name}.b"] = b.to(torch.float16).contiguous()

@@ -46,6 +46,21 @@ def test_extract_apply_reconstructs_trained_model(tied):
         torch.testing.assert_close(p, trained.state_dict()[name], atol=2e-3, rtol=2e-3)
 
 
+def test_the_same_trained_model_always_packages_to_the_same_bytes():
+    """The SVD factors do not depend on the caller's random state (session 22: two builds whose trained
+    models were bit-identical shipped different backbone_delta files, the factors' signs differing)."""
+    base, trained, base_lm, vocab = _tiny_pair()
+    runs = []
+    for seed in (1, 2):
+        expected = torch.rand(3, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        runs.append(pkg.extract_package(trained, base_lm, vocab, rank=3)[pkg.DELTA_FILE])
+        assert torch.equal(torch.rand(3), expected)  # and the caller's random stream is left as it was
+    first, second = runs
+    assert any(k.endswith(".a") for k in first) and first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_changed_original_embedding_rows_are_refused():
     base, trained, base_lm, vocab = _tiny_pair()
     with torch.no_grad():
