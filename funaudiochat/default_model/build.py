@@ -38,6 +38,8 @@ from funaudiochat.default_model.read_aloud import READ_ALOUD_TASK
 logger = logging.getLogger(__name__)
 
 DEFAULT_BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
+#: The ``build-default`` preset that made the shipped model (``BuildConfig.cpu_base``, session 22).
+DEFAULT_PRESET = "cpu-base"
 ENCODER_PREFIX, ADAPTER_PREFIX = "continuous_audio_tower.", "continuous_audio_tower.proj."
 SRH_STAGE = "srh_refine"
 STAGES = ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo")
@@ -186,9 +188,8 @@ class BuildConfig:
         """Session 21's recipe (``--preset cpu-base``): Whisper base with its top 2 layers trained, the
         added tokens' rows trained, and a spelling table of 8192 buckets in the CTC readout.
 
-        Why a preset: it heard and answered more real speech than the shipped recipe (14 of 100 real
-        LLaMA-Questions recordings against 9) and took 94.5 min on a 2-core CPU; it is not shipped yet
-        (docs/default-model.md, "Session 21").
+        Why the default: it hears and answers more real speech than session 6's recipe (14 of 100 real
+        LLaMA-Questions recordings against 9, docs/default-model.md, "Session 21"); session 22 shipped it.
         """
         return cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192)
 
@@ -559,7 +560,7 @@ def run_build(out_dir: str | Path, work_dir: str | Path, smoke: bool = False,
     """
     from funaudiochat.default_model.speech_data import build_speech_data
 
-    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig())
+    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig.cpu_base())
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     timer = _Timer(work / "timings.json")
@@ -604,7 +605,7 @@ def run_no_merge_ablation(work_dir: str | Path, config: BuildConfig | None = Non
     Needs a finished (or at least stage-1-complete) build in ``work_dir``; returns the stage times,
     also written to ``work/timings_nomerge.json``.
     """
-    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig())
+    cfg = config or (BuildConfig.smoke() if smoke else BuildConfig.cpu_base())
     work = Path(work_dir)
     if not (work / "runs" / "core_cocktail_stage1" / "final" / "config.json").is_file():
         raise FileNotFoundError(f"{work}: no finished Core-Cocktail stage 1; run build-default with this work dir first")

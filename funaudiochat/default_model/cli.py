@@ -33,7 +33,7 @@ def _build_config(args: argparse.Namespace, base):
     """``base`` (the preset) with the flags given on top, checked as a whole.
 
     Why flags only override: with no flags the build is the preset, so ``build-default --out O --work W``
-    remakes the shipped model and ``--preset cpu-base`` session 21's.  Choosing another encoder without
+    remakes the shipped model (``cpu-base``) and ``--preset cpu`` session 6's.  Choosing another encoder without
     ``--encoder-trainable-layers`` trains all of its layers, and the linear adapter drops the spelling
     table unless one is asked for.
     """
@@ -84,16 +84,16 @@ def _build_config(args: argparse.Namespace, base):
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from funaudiochat.default_model.build import BuildConfig, run_build
+    from funaudiochat.default_model.build import DEFAULT_PRESET, BuildConfig, run_build
 
     if args.scale <= 0:
         raise SystemExit(f"error: --scale must be > 0, got {args.scale}")
-    if args.smoke and args.preset != "cpu":
+    if args.smoke and args.preset is not None:
         raise SystemExit("error: --smoke already sizes every stage; leave out --preset")
     if args.preset != "gpu" and args.scale != 1.0:
         raise SystemExit("error: --scale applies to --preset gpu only")
     presets = {"cpu": BuildConfig, "cpu-base": BuildConfig.cpu_base, "gpu": lambda: BuildConfig.gpu(args.scale)}
-    cfg = _build_config(args, BuildConfig.smoke() if args.smoke else presets[args.preset]())
+    cfg = _build_config(args, BuildConfig.smoke() if args.smoke else presets[args.preset or DEFAULT_PRESET]())
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="funaudiochat-build-"))
     logger.info("work dir: %s", work)
     dcfg = _duplex_config(args, args.smoke) if args.duplex else None
@@ -128,11 +128,11 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the shipped weights + manifest.json")
     p.add_argument("--work", default=None, help="work dir for caches and checkpoints (reuse it to resume)")
     p.add_argument("--smoke", action="store_true", help="a handful of items and steps (minutes on a CPU)")
-    p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default="cpu",
-                   help="'cpu': the shipped recipe (Whisper tiny.en; 80 minutes on 2 cores); 'cpu-base': session "
-                   "21's (Whisper base with its top 2 layers trained, the added rows trained, a spelling table; "
-                   "94.5 minutes on 2 cores, not shipped yet); 'gpu': the cpu recipe at about 25x the samples in "
-                   "bf16 with 4x the batch (10 minutes on one H200); docs/default-model.md")
+    p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default=None,
+                   help="'cpu-base' (default): the shipped recipe (Whisper base with its top 2 layers trained, the "
+                   "added rows trained, a spelling table; 87 minutes on 2 cores); 'cpu': session 6's recipe "
+                   "(Whisper tiny.en; 80 minutes on 2 cores), shipped until session 22; 'gpu': the cpu recipe at "
+                   "about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); docs/default-model.md")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
     p.add_argument("--speech-adapter", choices=("vocab_ctc", "linear"), default="vocab_ctc",
@@ -158,20 +158,20 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "(session 6's recipe; the default freezes them, docs/default-model.md)")
     p.add_argument("--train-new-tokens", action=argparse.BooleanOptionalAction, default=None,
                    help="train the embedding rows of the added audio tokens in the stages after the CTC "
-                   "stage (default: the preset's, off except in cpu-base; the shipped model kept their "
-                   "initial values, docs/default-model.md)")
+                   "stage (default: the preset's, on in cpu-base as shipped, off in cpu and gpu; "
+                   "docs/default-model.md)")
     p.add_argument("--encoder", choices=("tiny.en", "base"), default=None,
-                   help="the pip Whisper encoder of the speech-in path (default: the preset's, tiny.en as shipped "
-                   "except base in cpu-base; base hears more real speech, docs/default-model.md, session 17)")
+                   help="the pip Whisper encoder of the speech-in path (default: the preset's, base in cpu-base as "
+                   "shipped, tiny.en in cpu and gpu; base hears more real speech, docs/default-model.md, session 17)")
     p.add_argument("--encoder-trainable-layers", type=int, default=None, metavar="K",
                    help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
                    "stay as pip ships them in every stage and the package leaves them out (default: the "
-                   "preset's, 2 in cpu-base and all layers otherwise, and all layers of an encoder other than "
+                   "preset's, 2 in cpu-base as shipped and all layers otherwise, and all layers of an encoder other than "
                    "the preset's; 0 freezes the encoder, leaving the linear adapter to read it alone)")
     p.add_argument("--ctc-spelling-buckets", type=int, default=None, metavar="N",
                    help="give the CTC readout a spelling table of N hashed character n-gram buckets, so rare "
-                   "tokens share what their letters learnt (default: the preset's, 0 as shipped, 8192 in "
-                   "cpu-base, 256 with --smoke, and 0 with --speech-adapter linear; docs/default-model.md; "
+                   "tokens share what their letters learnt (default: the preset's, 8192 in cpu-base as shipped, 0 "
+                   "in cpu and gpu, 256 with --smoke, and 0 with --speech-adapter linear; docs/default-model.md; "
                    "vocab_ctc only)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")

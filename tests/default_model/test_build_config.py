@@ -9,6 +9,7 @@ from funaudiochat.default_model.build import (
     ADAPTER_PREFIX,
     CTC_STAGE,
     CTC_TRAINABLE,
+    DEFAULT_PRESET,
     ENCODER_PREFIX,
     FROZEN_AFTER_CTC,
     SPELLING_PREFIX,
@@ -62,6 +63,7 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--scale", "2"], "--scale applies to --preset gpu only"),
     (["--preset", "gpu", "--scale", "0"], "--scale must be > 0"),
     (["--preset", "gpu", "--smoke"], "--smoke already sizes every stage"),
+    (["--preset", "cpu", "--smoke"], "--smoke already sizes every stage"),
     (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
     (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
@@ -298,20 +300,21 @@ def _cli_config(monkeypatch, tmp_path, *flags):
 
 
 def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp_path):
-    assert _cli_config(monkeypatch, tmp_path) == BuildConfig()  # the shipped recipe
-    new = _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base")
-    assert new == BuildConfig.cpu_base()
-    # session 21's build, spelled out flag by flag as it was run
-    assert _cli_config(monkeypatch, tmp_path, "--encoder", "base", "--encoder-trainable-layers", "2",
-                       "--train-new-tokens", "--ctc-spelling-buckets", "8192") == new
-    # and back to the shipped recipe from cpu-base
-    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base", "--encoder", "tiny.en",
-                       "--no-train-new-tokens", "--ctc-spelling-buckets", "0") == BuildConfig()
+    shipped = _cli_config(monkeypatch, tmp_path)
+    assert DEFAULT_PRESET == "cpu-base" and shipped == BuildConfig.cpu_base()
+    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base") == shipped
+    old = _cli_config(monkeypatch, tmp_path, "--preset", "cpu")
+    assert old == BuildConfig() and old.encoder == "tiny.en"  # session 6's recipe
+    # session 21's build, spelled out flag by flag over session 6's recipe as it was run
+    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base", "--encoder-trainable-layers",
+                       "2", "--train-new-tokens", "--ctc-spelling-buckets", "8192") == shipped
+    # and back to session 6's recipe from the default
+    assert _cli_config(monkeypatch, tmp_path, "--encoder", "tiny.en", "--no-train-new-tokens",
+                       "--ctc-spelling-buckets", "0") == old
     # another encoder trains all its layers unless told; the linear adapter has no spelling table
-    assert _cli_config(monkeypatch, tmp_path, "--encoder", "base").encoder_trainable_layers is None
-    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base",
-                       "--encoder-trainable-layers", "1").encoder_trainable_layers == 1
-    lin = _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base", "--speech-adapter", "linear")
+    assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base").encoder_trainable_layers is None
+    assert _cli_config(monkeypatch, tmp_path, "--encoder-trainable-layers", "1").encoder_trainable_layers == 1
+    lin = _cli_config(monkeypatch, tmp_path, "--speech-adapter", "linear")
     assert (lin.speech_adapter, lin.ctc_spelling_buckets, lin.encoder) == ("linear", 0, "base")
     smoke = _cli_config(monkeypatch, tmp_path, "--smoke")
     assert smoke == BuildConfig.smoke() and smoke.ctc_spelling_buckets == 256
