@@ -364,7 +364,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="ask the embedded model a spoken question: text to stdout, speech to --out",
         description="Speaks a question with the piper TTS (or reads --audio), asks the embedded funaudiochat-tiny "
-        "(SmolLM2-135M backbone, Whisper tiny.en encoder, our speech codec and the HiFi-GAN vocoder; "
+        "(SmolLM2-135M backbone, Whisper base encoder, our speech codec and the HiFi-GAN vocoder; "
         "docs/default-model.md) for a spoken answer, streams the answer text to stdout and writes its "
         "speech with --out. --toy instead trains a 1.5 M-parameter model on one exchange for a few "
         "seconds, which needs no shipped weights.",

@@ -1,6 +1,6 @@
 """Reproducible build of the embedded default model ``funaudiochat-tiny`` (see docs/default-model.md).
 
-The heavy parts (SmolLM2-135M-Instruct backbone, Whisper tiny.en encoder) come from pip packages;
+The heavy parts (SmolLM2-135M-Instruct backbone, Whisper base encoder) come from pip packages;
 only what training changes is shipped, as small fp16 safetensors with a hashed manifest.
 """
 

@@ -19,9 +19,9 @@ from funaudiochat.testing import word_tokenizer
 
 RANK = 8
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: sha256 of the shipped half-duplex files (session-6 build): adding the duplex extra must not change them.
-SHIPPED_SPEECH_SHA = "10d555936c1b9a29816edcb1454ec5163d62308b35aa767b34dd15e4866180cd"
-SHIPPED_DELTA_SHA = "09d28f72b5aaa5f5a7ddf8ca4199fc6081ec75fa2fccaf2e82230ee90b92e4aa"
+#: sha256 of the shipped half-duplex files (session-22 build): adding the duplex extra must not change them.
+SHIPPED_SPEECH_SHA = "b5392358997957bb7d1061f5b2b6d8c321acc4bcff9aeac8ce2ecbde972e5601"
+SHIPPED_DELTA_SHA = "e19694498bb4305b8f8b5f28d8fdc03f2c404ec186310429e69ee3a1ba1fed12"
 
 
 def _info() -> dict:
