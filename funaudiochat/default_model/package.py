@@ -50,6 +50,8 @@ SPEECH_PREFIXES = ("continuous_audio_tower.", "audio_tower.", "audio_invert_towe
 LM_PREFIX = "language_model."
 ENCODER_PREFIX = "continuous_audio_tower."
 EMBED_KEY = "language_model.model.embed_tokens.weight"
+#: The shipped CTC spelling bags: ``<prefix>index`` and ``<prefix>offsets`` (``modeling/vocab_adapter.py``).
+SPELLING_BAGS_PREFIX = "speech_vocab_adapter.spelling_"
 #: Where the release build writes the real artefact (not committed until the full build has run).
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 
@@ -415,12 +417,20 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     if not isinstance(spelling, int) or spelling < 0 or (spelling and adapter != "vocab_ctc"):
         raise ManifestError(f"{root / MANIFEST}: ctc_spelling_buckets must be an integer >= 0, and 0 unless the "
                             f"speech adapter is vocab_ctc; got {spelling!r} with {adapter!r}")
+    files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
+    bags = None
+    if spelling:  # the shipped bags, rather than hashing every spelling again
+        speech = files[SPEECH_FILE]
+        keys = [f"{SPELLING_BAGS_PREFIX}{k}" for k in ("index", "offsets")]
+        if not all(k in speech for k in keys):
+            raise ManifestError(f"{root / SPEECH_FILE}: ctc_spelling_buckets is {spelling} but {keys} are missing")
+        bags = tuple(speech[k].long() for k in keys)
     model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=bool(from_pip), speech_adapter=adapter,
-                                               init_new_rows=False, encoder=name, ctc_spelling_buckets=spelling)
+                                               init_new_rows=False, encoder=name, ctc_spelling_buckets=spelling,
+                                               ctc_spelling_bags=bags)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "
                             f"the installed backbone has {vocab}")
-    files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
     apply_package(model, files, original_vocab, source=str(root), unshipped=from_pip)
     model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
     if duplex:

@@ -69,6 +69,7 @@ def assemble_from_parts(
     continuous_adapter: str = "linear",
     mean_resizing: bool = True,
     ctc_spelling_buckets: int = 0,
+    ctc_spelling_bags: tuple[torch.Tensor, torch.Tensor] | None = None,
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
@@ -81,7 +82,8 @@ def assemble_from_parts(
     ``mean_resizing=False`` skips transformers' fitting of the new embedding rows to the old ones'
     statistics, for callers that overwrite those rows anyway (a covariance of the whole table).
     ``ctc_spelling_buckets`` > 0 gives that adapter a spelling table over the tokenizer's spellings
-    (``modeling/vocab_adapter.py``).
+    (``modeling/vocab_adapter.py``); ``ctc_spelling_bags`` hands in its ``(index, offsets)`` ready-made
+    (a loader that ships them skips the 0.8 s of hashing SmolLM2's 49,152 spellings).
     """
     if ctc_spelling_buckets and continuous_adapter != "vocab_ctc":
         raise ValueError("ctc_spelling_buckets needs continuous_adapter='vocab_ctc'")
@@ -122,8 +124,15 @@ def assemble_from_parts(
         **(audio_overrides or {}),
     )
     bags = None
+    if ctc_spelling_bags is not None and not ctc_spelling_buckets:
+        raise ValueError("ctc_spelling_bags needs ctc_spelling_buckets > 0")
     if ctc_spelling_buckets:
-        bags = spelling_bags(token_spellings(tokenizer, audio_config.ctc_vocab_size), ctc_spelling_buckets)
+        bags = ctc_spelling_bags
+        if bags is None:
+            bags = spelling_bags(token_spellings(tokenizer, audio_config.ctc_vocab_size), ctc_spelling_buckets)
+        elif bags[1].numel() != audio_config.ctc_vocab_size:
+            raise ValueError(f"ctc_spelling_bags spell {bags[1].numel()} tokens; the CTC vocabulary has "
+                             f"{audio_config.ctc_vocab_size}")
         audio_config.ctc_spelling_buckets = ctc_spelling_buckets
         audio_config.ctc_spelling_grams = int(bags[0].numel())
     config = FunAudioChatConfig(

@@ -195,6 +195,28 @@ def test_assembly_fills_the_spelling_bags_from_the_tokenizer_and_they_train(tmp_
                             ctc_spelling_buckets=64)
 
 
+def test_assembly_takes_ready_made_bags_and_checks_their_size(tmp_path):
+    from funaudiochat.modeling.build import assemble_from_parts
+
+    computed, _ = spelled_model(tmp_path)
+    index, offsets = computed.speech_vocab_adapter.spelling_index, computed.speech_vocab_adapter.spelling_offsets
+    srh = tiny_config().audio_config.crq_transformer_config
+    # bags unlike the tokenizer's (shifted by one bucket): they are used as given, not recomputed
+    given = ((index + 1) % 64, offsets.clone())
+    torch.manual_seed(0)
+    model, _ = assemble_from_parts(tmp_path / "llm", srh_config=srh, continuous_adapter="vocab_ctc",
+                                   ctc_spelling_buckets=64, ctc_spelling_bags=given)
+    assert torch.equal(model.speech_vocab_adapter.spelling_index, given[0])
+    assert torch.equal(model.speech_vocab_adapter.spelling_offsets, offsets)
+    assert model.config.audio_config.ctc_spelling_grams == index.numel()
+    with pytest.raises(ValueError, match=f"spell {offsets.numel() - 1} tokens; the CTC vocabulary has {offsets.numel()}"):
+        assemble_from_parts(tmp_path / "llm", srh_config=srh, continuous_adapter="vocab_ctc",
+                            ctc_spelling_buckets=64, ctc_spelling_bags=(index, offsets[:-1]))
+    with pytest.raises(ValueError, match="ctc_spelling_bags needs ctc_spelling_buckets > 0"):
+        assemble_from_parts(tmp_path / "llm", srh_config=srh, continuous_adapter="vocab_ctc",
+                            ctc_spelling_bags=(index, offsets))
+
+
 def test_a_spelling_table_survives_save_and_reload(tmp_path):
     model, _ = spelled_model(tmp_path)
     model.eval()
