@@ -12,19 +12,38 @@ export OMP_NUM_THREADS=2
   --benchdata ../shared/benchdata
 cp $work/timings.json $R/timings.json
 
-# 2. Same inputs and same weights as session 21's build: the package's files hash alike, so session 21's
-#    evaluations (docs/results/default-model/session21) are this package's.
+# 2. Same inputs and the same trained model as session 21's build.  (The packages' backbone_delta files
+#    differed: SVD factors with other signs, same products; packaging now uses a seeded SVD.)
 for f in questions.jsonl answers.jsonl data/sft.jsonl data/dpo.jsonl data/ctc.jsonl data/ctc_vocab.jsonl; do
   cmp build/s21/$f $work/$f; done
-python - <<'PY'
-import json
-a, b = (json.load(open(f"build/{d}/manifest.json"))["files"] for d in ("s21-out", "s22-out"))
-assert {k: v["sha256"] for k, v in a.items()} == {k: v["sha256"] for k, v in b.items()}, (a, b)
-print("same package files as session 21")
-PY
+python - <<'PY2'
+import torch
+from safetensors.torch import load_file
+a, b = (load_file(f"build/{d}/runs/dpo/final/model.safetensors") for d in ("s21", "s22"))
+assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+print(f"DPO final weights equal: {len(a)} tensors")
+PY2
 
 # 3. The full-duplex extra.  Its data depends only on the build's questions and answers (identical, step 2),
 #    so session 21's duplex data and TTS cache were copied and the stage's stamp check reused them.
 cp -a build/s21/duplex $work/duplex
 /usr/bin/time -v funaudiochat -v build-default-duplex --work $work --out build/s22-out-duplex --base build/s22-out
 cp $work/timings_duplex.json $R/timings_duplex.json
+
+# 4. The shipped package: the finished work dir packaged again with the seeded SVD (every stage is skipped),
+#    twice, to check the bytes repeat; then the duplex extra added to it (training reused).
+funaudiochat -v build-default --out build/s22-pkg --work $work --benchdata ../shared/benchdata
+funaudiochat -v build-default --out build/s22-pkg2 --work $work --benchdata ../shared/benchdata
+diff <(sha256sum build/s22-pkg/*.safetensors | cut -c1-64) <(sha256sum build/s22-pkg2/*.safetensors | cut -c1-64)
+funaudiochat -v build-default-duplex --work $work --out build/s22-pkg --base build/s22-pkg
+cp build/s22-pkg/* funaudiochat/assets/default_model/ && chmod 644 funaudiochat/assets/default_model/*
+
+# 5. The duplex extra's evaluation, as session 6's (docs/duplex.md).
+funaudiochat eval-duplex --model default-duplex --out build/eval-duplex-s22-thr --sets llama_questions,web_questions,triviaqa \
+  --limit 12 --exclude-ids $work/questions.jsonl --start-prob 0.25 --stop-prob 0.2
+cp build/eval-duplex-s22-thr/report.md docs/results/duplex/eval-duplex-session22-thr/report.md
+
+# 6. Start-up: the README command on a fresh clone that .ci/run installed (pip install -e .), with an empty
+#    cache (cold), then twice more (warm).
+git clone -q . /tmp/fresh && cd /tmp/fresh && .ci/run && export FUNAUDIOCHAT_CACHE=/tmp/fresh-cache && rm -rf $FUNAUDIOCHAT_CACHE
+for run in cold warm warm; do /usr/bin/time -f "$run %e s" funaudiochat -v demo --out answer.wav; done
