@@ -224,3 +224,15 @@ def test_a_package_with_a_ctc_spelling_table_ships_its_bags_as_integers(tmp_path
     (out / pkg.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(pkg.ManifestError, match="ctc_spelling_buckets must be an integer"):
         pkg.load_default_model(out)
+
+
+def test_a_package_with_a_spelling_table_but_no_bags_is_refused_before_assembly(tmp_path):
+    """The loader takes the spelling bags from the package; without them it names the file and keys."""
+    base, trained, base_lm, vocab = _tiny_pair()
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3)
+    out = pkg.save_package(files, tmp_path / "pkg", vocab, {"note": "test"}, speech_adapter="vocab_ctc",
+                           ctc_spelling_buckets=64)
+    # the check comes before the backbone is assembled, so no pip backbone is needed to reach it
+    with pytest.raises(pkg.ManifestError, match=r"speech.safetensors: ctc_spelling_buckets is 64 but "
+                       r"\['speech_vocab_adapter.spelling_index', 'speech_vocab_adapter.spelling_offsets'\] are missing"):
+        pkg.load_default_model(out, backbone_dir=tmp_path / "no-backbone")
