@@ -41,9 +41,31 @@ def test_extract_apply_reconstructs_trained_model(tied):
     assert not any(k.endswith(".full") for k in delta)  # only the low-rank factors and the new rows
     assert not any("lm_head" in k for k in delta)  # a tied head travels as the embedding's new rows
     assert delta["embed_new_rows"].shape[0] == 5
+    held = {n: (p.data, p.detach().clone()) for n, p in base.named_parameters()
+            if n.startswith(pkg.LM_PREFIX) and n.endswith("q_proj.weight")}
     rebuilt = pkg.apply_package(base, files, vocab)
     for name, p in rebuilt.state_dict().items():
         torch.testing.assert_close(p, trained.state_dict()[name], atol=2e-3, rtol=2e-3)
+    lm = rebuilt.language_model
+    assert (lm.get_output_embeddings().weight is lm.get_input_embeddings().weight) == tied
+    # The factors are added out of place: the tensors the skeleton held (in a real load, pages of the
+    # cached backbone file) are never written.
+    assert held and all(torch.equal(data, copy) for data, copy in held.values())
+
+
+def test_apply_refuses_factors_of_the_wrong_shape():
+    base, trained, base_lm, vocab = _tiny_pair()
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3)
+    key = next(k for k in files[pkg.DELTA_FILE] if k.endswith(".a"))
+    a = files[pkg.DELTA_FILE][key]
+    files[pkg.DELTA_FILE][key] = a[:1]  # [1, rank] @ [rank, in] would broadcast into the weight
+    with pytest.raises(pkg.ManifestError, match=rf"src/backbone_delta.safetensors: factors \(1, 3\) @ \(3, \d+\) "
+                                               rf"do not give {key[:-2]}'s shape \({a.shape[0]}, \d+\)"):
+        pkg.apply_package(base, files, vocab, source="src")
+    del files[pkg.DELTA_FILE][key[:-2] + ".b"]
+    files[pkg.DELTA_FILE][key] = a
+    with pytest.raises(pkg.ManifestError, match=f"{key} has no matching {key[:-2]}.b"):
+        pkg.apply_package(base, files, vocab)
 
 
 def test_the_same_trained_model_always_packages_to_the_same_bytes():
