@@ -447,7 +447,7 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
             raise ManifestError(f"{root / SPEECH_FILE}: ctc_spelling_buckets is {spelling} but {keys} are missing")
         bags = tuple(speech[k].long() for k in keys)
     model, tokenizer, vocab = assemble_default(backbone_dir, encoder_weights=bool(from_pip), speech_adapter=adapter,
-                                               init_new_rows=False, encoder=name, ctc_spelling_buckets=spelling,
+                                               initialise=False, encoder=name, ctc_spelling_buckets=spelling,
                                                ctc_spelling_bags=bags)
     if vocab != original_vocab:
         raise ManifestError(f"{root / MANIFEST}: built for a backbone vocabulary of {original_vocab}, "

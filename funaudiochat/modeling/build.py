@@ -70,6 +70,7 @@ def assemble_from_parts(
     mean_resizing: bool = True,
     ctc_spelling_buckets: int = 0,
     ctc_spelling_bags: tuple[torch.Tensor, torch.Tensor] | None = None,
+    init_fresh_parts: bool = True,
     **config_overrides: Any,
 ) -> tuple[FunAudioChatForConditionalGeneration, Any]:
     """Build a model around a pretrained causal LM.
@@ -84,6 +85,9 @@ def assemble_from_parts(
     ``ctc_spelling_buckets`` > 0 gives that adapter a spelling table over the tokenizer's spellings
     (``modeling/vocab_adapter.py``); ``ctc_spelling_bags`` hands in its ``(index, offsets)`` ready-made
     (a loader that ships them skips the 0.8 s of hashing SmolLM2's 49,152 spellings).
+    ``init_fresh_parts=False`` allocates the new parts (encoder, grouping, SRH, adapters) without
+    drawing their random weights, for a loader that overwrites every one of their saved tensors
+    (0.4 s of each load of the default model); the values they hold until then are arbitrary.
     """
     if ctc_spelling_buckets and continuous_adapter != "vocab_ctc":
         raise ValueError("ctc_spelling_buckets needs continuous_adapter='vocab_ctc'")
@@ -141,7 +145,10 @@ def assemble_from_parts(
         audio_token_index=ids["<|AUDIO|>"],
         **config_overrides,
     )
-    model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    if init_fresh_parts:
+        model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    else:
+        model = _uninitialised_around(config, backbone)
     if bags is not None:
         model.speech_vocab_adapter.set_bags(*bags)
     # Our encoder always uses SDPA; saying so up front spares transformers' warning that it cannot
@@ -156,3 +163,22 @@ def assemble_from_parts(
                 f"encoder weights do not fit: missing {missing}, unexpected {sorted(result.unexpected_keys)}"
             )
     return model.to(backbone.dtype), tokenizer
+
+
+def _uninitialised_around(config: FunAudioChatConfig, backbone: PreTrainedModel) -> FunAudioChatForConditionalGeneration:
+    """The model around ``backbone`` with its new parts built on the meta device, then given real
+    but unwritten memory.  Buffers that are computed rather than saved (rotary frequencies, the
+    encoder's sinusoids) are computed again by the model's own initialisation."""
+    with torch.device("meta"):
+        model = FunAudioChatForConditionalGeneration(config, language_model=backbone)
+    device = backbone.get_input_embeddings().weight.device
+    fresh = [child for child in model.children() if child is not backbone]
+    for child in fresh:
+        child.to_empty(device=device)  # per child, so the backbone keeps its loaded tensors
+    model.tie_weights()  # to_empty gave the SRH head its own copy of the speech embedding
+    for child in fresh:
+        for module in child.modules():
+            if module._non_persistent_buffers_set:
+                model._init_weights(module)
+    return model
+

@@ -158,6 +158,43 @@ def test_assemble_from_pretrained_backbone_and_encoder(tmp_path):
     FunAudioChatForConditionalGeneration.from_pretrained(tmp_path / "assembled")
 
 
+def test_a_skeleton_assembled_without_init_loads_into_the_same_model(tmp_path):
+    """``init_fresh_parts=False`` (the default model's loader) skips the random draws only: once the
+    saved tensors are in, parameters, computed buffers, ties and outputs equal a normal assembly's."""
+    save_tiny_backbone(tmp_path / "llm")
+    kw = dict(encoder=EncoderSpec(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                                  encoder_ffn_dim=128),
+              srh_config=tiny_config().audio_config.crq_transformer_config, continuous_adapter="vocab_ctc",
+              ctc_spelling_buckets=32)
+    torch.manual_seed(0)
+    normal, _ = assemble_from_parts(tmp_path / "llm", **kw)
+    bare, _ = assemble_from_parts(tmp_path / "llm", init_fresh_parts=False, **kw)
+    vocab = bare.config.audio_config.ctc_vocab_size  # rows past it are the audio tokens' new rows
+    for name, p in bare.language_model.state_dict().items():  # the loaded backbone is kept as loaded
+        assert torch.equal(p[:vocab], normal.language_model.state_dict()[name][:vocab]), name
+    bare.load_state_dict(normal.state_dict(), strict=True)
+    for model in (normal, bare):
+        model.eval()
+    for (name, b), (_, want) in zip(bare.named_buffers(), normal.named_buffers(), strict=True):
+        assert torch.equal(b, want), name  # the non-persistent ones too (sinusoids, rotary frequencies)
+    assert not any(p.is_meta for p in bare.parameters()) and not any(b.is_meta for b in bare.buffers())
+
+    def ties(m):
+        groups = {}
+        for name, p in m.named_parameters(remove_duplicate=False):
+            groups.setdefault(p.data_ptr(), []).append(name)
+        return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+    assert ["audio_invert_tower.lm_head.weight", "audio_tower.embed_tokens.weight"] in ties(bare)
+    assert ties(bare) == ties(normal)
+    assert [n for n, p in bare.named_parameters() if p.requires_grad] == [
+        n for n, p in normal.named_parameters() if p.requires_grad]
+    batch = synthetic_batch(normal.config, seed=3)
+    with torch.no_grad():
+        want, got = normal(**batch), bare(**batch)
+    assert torch.equal(got.logits, want.logits) and torch.equal(got.speech_logits, want.speech_logits)
+
+
 def test_assemble_rejects_wrong_encoder_weights(tmp_path):
     save_tiny_backbone(tmp_path / "llm")
     spec = EncoderSpec(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
