@@ -172,6 +172,37 @@ def test_demo_speaks_an_answer_with_the_embedded_model(tmp_path, capsys):
     assert 1.0 < len(audio) / sr <= 4.5
 
 
+def _console_script(*args: str, env: dict | None = None):
+    """The installed ``funaudiochat`` command's entry point in a child process, its output piped
+    (block-buffered, as when a user redirects it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.argv = ['funaudiochat', *{list(args)!r}]; from funaudiochat.cli import run; run()"
+    env = {k: v for k, v in dict(os.environ, **(env or {})).items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_a_quick_exit_still_reports_the_error_and_its_code(tmp_path):
+    done = _console_script("demo", "--audio", str(tmp_path / "missing.wav"))
+    assert done.returncode == 2
+    assert "missing.wav" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.slow
+def test_the_demo_command_ends_at_once_with_its_answer_and_speech_written(tmp_path):
+    """``run`` skips the interpreter's teardown after ``demo``: what it printed and wrote must be complete."""
+    _needs_embedded_model()
+    out = tmp_path / "answer.wav"
+    done = _console_script("-v", "demo", "--out", str(out), env={"FUNAUDIOCHAT_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("\n") and done.stdout.strip() and "\n" not in done.stdout.strip()
+    assert "done in" in done.stderr.splitlines()[-1]  # the last log line made it out
+    audio, sr = sf.read(out)
+    assert sr == 22050 and len(audio) / sr > 0.5
+
+
 @pytest.mark.slow
 def test_embedded_model_keeps_its_text_knowledge(capsys):
     """The shipped backbone change leaves SmolLM2's answer to a text question intact."""
