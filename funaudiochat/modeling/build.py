@@ -181,4 +181,3 @@ def _uninitialised_around(config: FunAudioChatConfig, backbone: PreTrainedModel)
             if module._non_persistent_buffers_set:
                 model._init_weights(module)
     return model
-
