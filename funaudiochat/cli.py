@@ -151,14 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Commands that leave nothing running or unwritten when they return, so their process may end at once.
-QUICK_EXIT = frozenset({"demo"})
+QUICK_EXIT = frozenset({"demo", "chat"})
 
 
 def run() -> None:
     """The console script: :func:`main`, then, for :data:`QUICK_EXIT` commands, an immediate exit.
 
     Tearing the interpreter down after torch and transformers were imported takes 0.7-0.9 s on a
-    2-core machine, a tenth of a warm demo.  By then the demo has closed its files; the exit
+    2-core machine, a tenth of a warm demo.  By then these commands have closed their files; the exit
     handlers (logging's flush, a coverage tool's save) run and stdout is flushed here, so only the
     teardown of the modules is skipped.  ``python -m funaudiochat.cli`` exits normally, for profilers.
     """

@@ -190,6 +190,14 @@ def test_a_quick_exit_still_reports_the_error_and_its_code(tmp_path):
     assert "missing.wav" in done.stderr and done.stdout == ""
 
 
+def test_a_quickly_ended_chat_keeps_its_reply_and_saved_tokens(model_dir, tmp_path):
+    tokens = tmp_path / "answer.json"
+    done = _console_script("chat", "--model", str(model_dir), "--text", "hello", "--max-seconds", "1",
+                           "--speech-temperature", "0", "--tokens-out", str(tokens))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(tokens.read_text())["text"] == done.stdout.strip() and done.stdout.endswith("\n")
+
+
 @pytest.mark.slow
 def test_the_demo_command_ends_at_once_with_its_answer_and_speech_written(tmp_path):
     """``run`` skips the interpreter's teardown after ``demo``: what it printed and wrote must be complete."""
