@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import struct
 from pathlib import Path
 
 
@@ -37,3 +39,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def safetensors_size_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a safetensors file cannot be whole, from its header alone (no hashing), or None.
+
+    Catches what an interrupted copy or a full disk leaves: a file shorter or longer than its
+    header's tensors say, or no readable header.  It reads a few kilobytes, so a warm start can
+    afford it on every load.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                return f"its header claims {n} bytes but the file has {size}"
+            header = json.loads(fh.read(n))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+        return f"no readable safetensors header ({err})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    want = 8 + n + max(ends, default=0)
+    return None if want == size else f"{size} bytes where its tensors need {want}"
+

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from funaudiochat.modeling.build import EncoderSpec
-from funaudiochat.packages import cache_root, pip_package_dir
+from funaudiochat.packages import cache_root, pip_package_dir, safetensors_size_problem
 from funaudiochat.training.fsutil import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ def smollm2_backbone_dir(cache: Path | None = None) -> Path:
     """A transformers directory of SmolLM2-135M-Instruct (fp32 safetensors + tokenizer), made once."""
     out = (cache or cache_root()) / "smollm2-135m-instruct"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
+        problem = safetensors_size_problem(out / "model.safetensors")
+        if problem is None:
+            return out
+        logger.warning("the cached backbone %s is damaged (%s); converting it again", out / "model.safetensors", problem)
     from funaudiochat.gguf_llama import convert_llama_gguf
 
     gguf = smollm2_gguf()
