@@ -63,7 +63,7 @@ def word_tokenizer(extra_words: tuple[str, ...] = (), vocab_size: int | None = N
     return fast
 
 
-def save_tiny_backbone(path: str | Path, backbone: str = "llama", seed: int = 0) -> Path:
+def save_tiny_backbone(path: str | Path, backbone: str = "llama", seed: int = 0, tied: bool = True) -> Path:
     """Write a tiny random causal LM and its tokenizer to ``path`` (a stand-in for a real LLM dir)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -79,7 +79,7 @@ def save_tiny_backbone(path: str | Path, backbone: str = "llama", seed: int = 0)
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

@@ -158,10 +158,12 @@ def test_assemble_from_pretrained_backbone_and_encoder(tmp_path):
     FunAudioChatForConditionalGeneration.from_pretrained(tmp_path / "assembled")
 
 
-def test_a_skeleton_assembled_without_init_loads_into_the_same_model(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_skeleton_assembled_without_init_loads_into_the_same_model(tmp_path, tied):
     """``init_fresh_parts=False`` (the default model's loader) skips the random draws only: once the
-    saved tensors are in, parameters, computed buffers, ties and outputs equal a normal assembly's."""
-    save_tiny_backbone(tmp_path / "llm")
+    saved tensors are in, parameters, computed buffers, ties, config and outputs equal a normal
+    assembly's.  A tied table grows without transformers' resize, an untied one through it."""
+    save_tiny_backbone(tmp_path / "llm", tied=tied)
     kw = dict(encoder=EncoderSpec(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                                   encoder_ffn_dim=128),
               srh_config=tiny_config().audio_config.crq_transformer_config, continuous_adapter="vocab_ctc",
@@ -172,6 +174,11 @@ def test_a_skeleton_assembled_without_init_loads_into_the_same_model(tmp_path):
     vocab = bare.config.audio_config.ctc_vocab_size  # rows past it are the audio tokens' new rows
     for name, p in bare.language_model.state_dict().items():  # the loaded backbone is kept as loaded
         assert torch.equal(p[:vocab], normal.language_model.state_dict()[name][:vocab]), name
+    if tied:
+        assert not bare.get_input_embeddings().weight[vocab:].any()  # the added rows: zeros, not drawn
+    assert bare.config.to_json_string() == normal.config.to_json_string()
+    for lm in (bare.language_model, normal.language_model):
+        assert lm.vocab_size == lm.get_input_embeddings().num_embeddings == lm.get_output_embeddings().out_features
     bare.load_state_dict(normal.state_dict(), strict=True)
     for model in (normal, bare):
         model.eval()
