@@ -206,4 +206,3 @@ def _grow_tied_vocab(lm: PreTrainedModel, n: int) -> bool:
         lm.vocab_size = n
     lm.tie_weights()
     return True
-
