@@ -305,15 +305,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def spoken_question(text: str, cache: Path | None = None):
-    """Piper's reading of ``text`` (16 kHz float32), kept in the cache: loading the voice takes 0.35 s,
-    a fair share of a warm demo run.  Piper without noise is deterministic, so the key is the text and
-    the two packages' versions; a damaged cache file is simply synthesized again."""
+    """Piper's reading of ``text`` (16 kHz float32), kept in the cache as a float wav: loading the voice
+    takes 0.35 s, a fair share of a warm demo run.  Piper without noise is deterministic, so the key is
+    the text and the two packages' versions; a damaged cache file is simply synthesized again."""
     import hashlib
-    import os
     from importlib.metadata import PackageNotFoundError, version
 
-    import numpy as np
-
+    from funaudiochat.audio.io import SAMPLE_RATE, AudioError, load_audio, save_wav
     from funaudiochat.packages import cache_root
     from funaudiochat.speech.tts import create_engine
 
@@ -322,24 +320,16 @@ def spoken_question(text: str, cache: Path | None = None):
     except PackageNotFoundError:
         versions = "unknown"
     key = hashlib.sha256(f"piper/joe/{versions}\n{text}".encode()).hexdigest()[:24]
-    path = (cache or cache_root() / "questions") / f"{key}.npy"
+    path = (cache or cache_root() / "questions") / f"{key}.wav"
+    if path.exists():
+        try:
+            return load_audio(path)
+        except AudioError as err:
+            logger.info("unreadable cached question (%s); synthesizing it again", err)
+    audio, _ = create_engine("piper").synthesize(text, sample_rate=SAMPLE_RATE)
     try:
-        audio = np.load(path)
-        if audio.dtype == np.float32 and audio.ndim == 1 and audio.size:
-            return audio
-        logger.info("%s does not hold mono float32 audio; synthesizing the question again", path)
-    except (OSError, ValueError, EOFError) as err:
-        if path.exists():
-            logger.info("unreadable cached question %s (%s); synthesizing it again", path, err)
-    audio, _ = create_engine("piper").synthesize(text)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.save(fh, audio)
-        os.replace(tmp, path)
+        save_wav(path, audio, SAMPLE_RATE, subtype="FLOAT")  # atomic; float keeps piper's samples exact
     except OSError as err:  # a read-only cache costs time, not the answer
-        tmp.unlink(missing_ok=True)
         logger.info("could not cache the spoken question in %s (%s)", path.parent, err)
     return audio
 

@@ -135,14 +135,14 @@ def test_the_demo_question_is_spoken_once_then_read_from_the_cache(tmp_path, mon
     text = "What is the capital of France?"
     first = spoken_question(text, cache=tmp_path)
     (cached,) = tmp_path.iterdir()
-    assert cached.suffix == ".npy" and first.dtype == np.float32 and first.ndim == 1
+    assert cached.suffix == ".wav" and first.dtype == np.float32 and first.ndim == 1
     assert np.array_equal(spoken_question(text, cache=tmp_path), first) and made == ["piper"]
     assert np.array_equal(real("piper").synthesize(text)[0], first)  # the cache holds piper's own reading
     other = spoken_question("What is two plus two?", cache=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2 and not np.array_equal(other[: len(first)], first[: len(other)])
-    cached.write_bytes(b"not an array")  # a damaged cache file is spoken again and replaced
+    cached.write_bytes(b"not audio")  # a damaged cache file is spoken again and replaced
     assert np.array_equal(spoken_question(text, cache=tmp_path), first) and made == ["piper"] * 3
-    assert np.array_equal(np.load(cached), first) and not list(tmp_path.glob("*.tmp"))
+    assert np.array_equal(sf.read(cached, dtype="float32")[0], first) and not list(tmp_path.glob(".*.tmp"))
 
 
 def _needs_embedded_model() -> None:
