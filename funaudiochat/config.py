@@ -8,6 +8,7 @@ ablations are one config away.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
@@ -97,6 +98,11 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     ctc_spelling_grams: int = 0
     crq_transformer_config: dict | None = None
     enable_audio_invert_tower: bool = True
+    #: Factor on the previous-token embedding that the SRH adds to each sub-frame condition (released:
+    #: 1.0).  The condition's size follows the backbone's hidden state; in funaudiochat-tiny it is about
+    #: 30 times the embedding's, and at 1.0 that head learnt to ignore its previous token
+    #: (docs/default-model.md, session 24).
+    srh_prev_scale: float = 1.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -118,6 +124,10 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
                              f"(got {self.continuous_adapter!r}, {self.ctc_spelling_grams})")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if not (isinstance(self.srh_prev_scale, (int, float)) and not isinstance(self.srh_prev_scale, bool)
+                and math.isfinite(self.srh_prev_scale)
+                and self.srh_prev_scale > 0):
+            raise ValueError(f"srh_prev_scale must be a finite number > 0, got {self.srh_prev_scale!r}")
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by encoder_attention_heads "

@@ -43,9 +43,14 @@ class SpeechRefinedHead(nn.Module):
         return ungroup_frames(self.pre_matching(hidden + text_embeds.detach()), self.config.group_size)
 
     def embed_previous(self, prev_ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings of the previously emitted speech tokens; ``-100`` means none (pad row)."""
+        """Embeddings of the previously emitted speech tokens; ``-100`` means none (pad row).
+
+        Scaled by ``config.srh_prev_scale`` so that they are not lost beside a much larger condition.
+        """
         ids = prev_ids.masked_fill(prev_ids < 0, self.config.pad_token_id)
-        return F.embedding(ids, self.lm_head.weight)
+        emb = F.embedding(ids, self.lm_head.weight)
+        scale = self.config.srh_prev_scale
+        return emb if scale == 1.0 else emb * scale
 
     def forward(
         self,
