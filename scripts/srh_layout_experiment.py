@@ -181,23 +181,14 @@ def _rows(path: Path):
     return obj["ids"], [SRHRow(**r) for r in obj["rows"]]
 
 
-def _fresh_head(model, seed: int) -> None:
-    """Re-initialise the SRH except the output table it shares with the speech input side."""
-    torch.manual_seed(seed)
-    head = model.audio_invert_tower
-    table = head.lm_head.weight.detach().clone()
-    head.apply(model._init_weights)
-    with torch.no_grad():
-        head.lm_head.weight.copy_(table)
-
-
 def cmd_train(args) -> None:
     from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
-    from funaudiochat.training.srh_refine import evaluate_srh, train_srh
+    from funaudiochat.training.srh_refine import evaluate_srh, reinitialise_head, train_srh
 
     torch.set_num_threads(args.threads)
     model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
-    _fresh_head(model, args.seed)
+    model.config.audio_config.srh_prev_scale = args.prev_scale
+    reinitialise_head(model, args.seed)
     cache = Path(args.cache)
     _, train = _rows(cache / f"{args.layout}_train.pt")
     train = train[: args.max_rows] if args.max_rows else train  # the data-size check
@@ -214,7 +205,8 @@ def cmd_train(args) -> None:
     final = evaluate_srh(model, val)
     torch.save(model.audio_invert_tower.state_dict(), out / "srh.pt")
     (out / "summary.json").write_text(json.dumps({"layout": args.layout, "train_rows": len(train), "val_rows": len(val),
-                                                  "steps": args.steps, "held_out": final}, indent=2) + "\n")
+                                                  "steps": args.steps, "prev_scale": args.prev_scale,
+                                                  "held_out": final}, indent=2) + "\n")
     print(json.dumps({"layout": args.layout, **final}))
 
 
@@ -253,6 +245,9 @@ def cmd_speak(args) -> None:
     torch.set_num_threads(args.threads)
     model = FunAudioChatForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     if args.run:
+        summary = Path(args.run) / "summary.json"
+        if summary.is_file():  # runs before session 24 have no prev_scale: 1.0
+            model.config.audio_config.srh_prev_scale = json.loads(summary.read_text()).get("prev_scale", 1.0)
         model.audio_invert_tower.load_state_dict(torch.load(Path(args.run) / "srh.pt", weights_only=True))
     ids, rows = _rows(Path(args.cache) / f"{args.layout}_val.pt")
     # the same replies for every layout: those that both layouts could lay out
@@ -329,6 +324,8 @@ def main(argv=None) -> None:
     t.add_argument("--max-rows", type=int, default=None, help="train on the first N cached rows only")
     t.add_argument("--extra-rows", action="store_true", help="also train on the cached extra sentences")
     t.add_argument("--extra-cache", nargs="+", help="also train on the rows of these <layout>_extra.pt files")
+    t.add_argument("--prev-scale", type=float, default=1.0,
+                   help="config.srh_prev_scale of the head (session 24: 30 for funaudiochat-tiny)")
     s = sub.add_parser("speak")
     s.add_argument("--model", required=True)
     s.add_argument("--work", required=True)

@@ -96,6 +96,10 @@ class SRHRefineSpec:
     context_groups: int = 4
     #: Replies held out to log the head's loss and accuracy (not trained on).
     val_rows: int = 64
+    #: ``config.srh_prev_scale`` for the refined head (None: keep the model's).  A new value starts the
+    #: head afresh, since its weights were learnt for the old inputs.  Session 24: at 1.0 the tiny
+    #: model's head ignores its previous token; 30 lets it use it.
+    prev_scale: float | None = None
 
 
 @dataclass
@@ -204,7 +208,7 @@ class BuildConfig:
         cfg.vocab_sentences = 4
         cfg.read_aloud = 2
         cfg.ctc_spelling_buckets = 256  # off by default; the smoke build checks it end to end
-        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1)
+        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0)  # a fresh head, end to end
         return cfg
 
     @classmethod
@@ -486,7 +490,7 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | No
     from funaudiochat.processing import FunAudioChatProcessor
     from funaudiochat.training.dataset import ConversationDataset, SFTCollator, load_records
     from funaudiochat.training.fsutil import atomic_directory
-    from funaudiochat.training.srh_refine import cache_rows, evaluate_srh, train_srh
+    from funaudiochat.training.srh_refine import cache_rows, evaluate_srh, reinitialise_head, train_srh
 
     run = work / "runs" / SRH_STAGE
     if (run / "final" / "config.json").is_file():
@@ -507,6 +511,11 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | No
     metrics = run / "metrics.jsonl"
     metrics.unlink(missing_ok=True)  # a killed stage starts over: it has no checkpoints, and takes minutes
     before = evaluate_srh(model, val, spec.batch_size) if val else None
+    audio = model.config.audio_config
+    if spec.prev_scale is not None and spec.prev_scale != audio.srh_prev_scale:
+        logger.info("SRH previous-token scale %g -> %g: the head starts afresh", audio.srh_prev_scale, spec.prev_scale)
+        audio.srh_prev_scale = spec.prev_scale
+        reinitialise_head(model, seed)
     train_srh(model, train_rows, spec.steps, spec.batch_size, spec.lr_max, spec.lr_min, seed=seed,
               val_rows=val, eval_every=max(spec.steps // 12, 1), metrics_path=metrics)
     with atomic_directory(run / "final", overwrite=True) as tmp:
@@ -537,13 +546,15 @@ def _package_stage(work: Path, out_dir: Path, cfg: BuildConfig, timings: dict) -
     unshipped = pkg.pip_encoder_prefixes(trained, base, cfg.frozen_encoder_prefixes())
     files = pkg.extract_package(trained, base_lm, vocab, cfg.total_lora_rank, unshipped=unshipped)
     shipped = pkg.apply_package(base, files, vocab, unshipped=unshipped).eval()  # the model the package describes
+    shipped.config.audio_config.srh_prev_scale = trained.config.audio_config.srh_prev_scale
     tok = AutoTokenizer.from_pretrained(init)
     diff = float((_logits(shipped, tok) - _logits(trained, tok)).abs().max())
     logger.info("packaged vs trained fp32 model: max |logit diff| %.3g (fp16 storage)", diff)
     info = {"config": dataclasses.asdict(cfg), "timings_s": timings, "max_logit_diff_vs_trained_fp32": diff,
             "questions_file": "questions.jsonl (work dir)"}
     pkg.save_package(files, out_dir, vocab, info, speech_adapter=cfg.speech_adapter, text_layout=cfg.text_layout,
-                     encoder=cfg.encoder, from_pip=unshipped, ctc_spelling_buckets=cfg.ctc_spelling_buckets)
+                     encoder=cfg.encoder, from_pip=unshipped, ctc_spelling_buckets=cfg.ctc_spelling_buckets,
+                     srh_prev_scale=trained.config.audio_config.srh_prev_scale)
     total = json.loads((out_dir / pkg.MANIFEST).read_text())["total_bytes"]
     if total > 60e6:
         logger.warning("package is %.1f MB, above the 60 MB budget", total / 1e6)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -314,7 +315,7 @@ def _versions() -> dict[str, str]:
 def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str | Path, original_vocab: int,
                  info: Mapping[str, Any] | None = None, speech_adapter: str = "linear",
                  text_layout: str = "ahead", encoder: str = "tiny.en", from_pip: tuple[str, ...] = (),
-                 ctc_spelling_buckets: int = 0) -> Path:
+                 ctc_spelling_buckets: int = 0, srh_prev_scale: float = 1.0) -> Path:
     """Write the safetensors files and ``manifest.json`` (sha256 and size of each file).
 
     ``speech_adapter`` (the model's ``continuous_adapter``) is recorded so that the loader assembles
@@ -323,7 +324,7 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
     without it are ``ahead``.  ``encoder`` names the pip Whisper encoder; ``from_pip`` lists the
     prefixes of its parts that are not in ``speech.safetensors`` (never trained: the loader takes them
     from pip).  ``ctc_spelling_buckets`` sizes the CTC readout's spelling table (packages without it
-    have none).
+    have none).  ``srh_prev_scale`` is the head's ``config.srh_prev_scale`` (packages without it: 1.0).
     """
     from safetensors.torch import save_file
 
@@ -351,6 +352,7 @@ def save_package(files: Mapping[str, Mapping[str, torch.Tensor]], out_dir: str |
             "speech_adapter": speech_adapter,
             "text_layout": text_layout,
             "ctc_spelling_buckets": ctc_spelling_buckets,
+            "srh_prev_scale": srh_prev_scale,
         },
         "versions": _versions(),
         "build": dict(info or {}),
@@ -438,6 +440,9 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     if not isinstance(spelling, int) or spelling < 0 or (spelling and adapter != "vocab_ctc"):
         raise ManifestError(f"{root / MANIFEST}: ctc_spelling_buckets must be an integer >= 0, and 0 unless the "
                             f"speech adapter is vocab_ctc; got {spelling!r} with {adapter!r}")
+    prev_scale = manifest["applies_to"].get("srh_prev_scale", 1.0)
+    if isinstance(prev_scale, bool) or not isinstance(prev_scale, (int, float)) or not 0 < prev_scale < math.inf:
+        raise ManifestError(f"{root / MANIFEST}: srh_prev_scale must be a finite number > 0, got {prev_scale!r}")
     files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
     bags = None
     if spelling:  # the shipped bags, rather than hashing every spelling again
@@ -454,6 +459,7 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
                             f"the installed backbone has {vocab}")
     apply_package(model, files, original_vocab, source=str(root), unshipped=from_pip)
     model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
+    model.config.audio_config.srh_prev_scale = float(prev_scale)
     if duplex:
         attach_duplex_head(model, manifest["duplex"], root)
         apply_duplex(model, load_file(str(root / DUPLEX_FILE)), source=str(root))

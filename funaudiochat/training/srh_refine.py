@@ -104,6 +104,20 @@ def evaluate_srh(model, rows: Sequence[SRHRow], batch_size: int = 16) -> dict[st
     return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1)}
 
 
+def reinitialise_head(model, seed: int) -> None:
+    """Draw the SRH's weights afresh, except the output table it shares with the speech input side.
+
+    For a head whose inputs change meaning (``config.srh_prev_scale``), or to compare recipes from one
+    starting point.  The shared table also embeds the speech fed to the backbone, so it is kept.
+    """
+    torch.manual_seed(seed)
+    head = model.audio_invert_tower
+    table = head.lm_head.weight.detach().clone()
+    head.apply(model._init_weights)
+    with torch.no_grad():
+        head.lm_head.weight.copy_(table)
+
+
 def train_srh(
     model,
     rows: Sequence[SRHRow],

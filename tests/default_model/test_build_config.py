@@ -66,6 +66,8 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--preset", "cpu", "--smoke"], "--smoke already sizes every stage"),
     (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
+    (["--srh-prev-scale", "30"], "--srh-prev-scale needs --srh-refine and a finite value > 0, got 30.0"),
+    (["--srh-refine", "5", "--srh-prev-scale", "0"], "--srh-prev-scale needs --srh-refine and a finite value > 0, got 0.0"),
     (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
     (["--read-aloud", "-2"], "--read-aloud must be >= 0, got -2"),
     (["--encoder", "base", "--encoder-trainable-layers", "7"],

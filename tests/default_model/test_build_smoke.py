@@ -117,6 +117,8 @@ def test_smoke_build_outputs(smoke_build):
     dpo_state, srh_state = (load_file(str(work / "runs" / s / "final" / "model.safetensors")) for s in ("dpo", "srh_refine"))
     assert {k for k in dpo_state if not torch.equal(dpo_state[k], srh_state[k])} <= {
         k for k in dpo_state if k.startswith("audio_invert_tower.")}
+    # the smoke head starts afresh at srh_prev_scale 4, which travels through the package
+    assert srh["spec"]["prev_scale"] == 4.0 and manifest["applies_to"]["srh_prev_scale"] == 4.0
     # fp16 storage of a tiny trained change: close to the fp32 trained model, not equal
     assert smoke_build.max_logit_diff_vs_trained < 0.1
 
@@ -130,6 +132,7 @@ def test_packaged_weights_reload_identically(smoke_build):
     model, tok = load_default_model(smoke_build.out_dir)
     assert not has_duplex(model) and model.config.duplex is None
     assert model.config.text_layout == smoke_build.model.config.text_layout == "ahead"
+    assert model.config.audio_config.srh_prev_scale == smoke_build.model.config.audio_config.srh_prev_scale == 4.0
     assert model.config.audio_config.codebook_size == 1028
     assert model.config.audio_config.bos_token_id == 1024
     ids = tok("What is the capital of France?", return_tensors="pt")["input_ids"]

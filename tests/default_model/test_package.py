@@ -1,6 +1,7 @@
 """Packaging: exact low-rank backbone deltas, fp16 speech modules, and hash checks on load."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -257,4 +258,17 @@ def test_a_package_with_a_spelling_table_but_no_bags_is_refused_before_assembly(
     # the check comes before the backbone is assembled, so no pip backbone is needed to reach it
     with pytest.raises(pkg.ManifestError, match=r"speech.safetensors: ctc_spelling_buckets is 64 but "
                        r"\['speech_vocab_adapter.spelling_index', 'speech_vocab_adapter.spelling_offsets'\] are missing"):
+        pkg.load_default_model(out, backbone_dir=tmp_path / "no-backbone")
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, float("inf"), "30", None, True])
+def test_a_bad_srh_prev_scale_is_refused_before_assembly(tmp_path, bad):
+    base, trained, base_lm, vocab = _tiny_pair()
+    files = pkg.extract_package(trained, base_lm, vocab, rank=3)
+    out = pkg.save_package(files, tmp_path / "pkg", vocab, srh_prev_scale=30.0)
+    manifest = json.loads((out / pkg.MANIFEST).read_text())
+    assert manifest["applies_to"]["srh_prev_scale"] == 30.0
+    manifest["applies_to"]["srh_prev_scale"] = bad
+    (out / pkg.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(pkg.ManifestError, match=rf"srh_prev_scale must be a finite number > 0, got {re.escape(repr(bad))}"):
         pkg.load_default_model(out, backbone_dir=tmp_path / "no-backbone")

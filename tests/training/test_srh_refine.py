@@ -9,7 +9,7 @@ import torch
 from funaudiochat.config import tiny_config
 from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
 from funaudiochat.testing import synthetic_batch
-from funaudiochat.training.srh_refine import cache_rows, evaluate_srh, srh_rows, train_srh
+from funaudiochat.training.srh_refine import cache_rows, evaluate_srh, reinitialise_head, srh_rows, train_srh
 
 
 def _model(seed=0):
@@ -66,3 +66,23 @@ def test_training_lowers_the_loss_and_touches_only_the_head(tmp_path):
 def test_nothing_to_train_is_an_error():
     with pytest.raises(ValueError, match="no SRH rows"):
         train_srh(_model(), [], steps=1)
+
+
+def test_a_reinitialised_head_keeps_the_shared_table_and_nothing_else_of_its_own():
+    model = _model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.audio_invert_tower.parameters():
+            p.add_(0.5)  # a trained head, and a trained shared speech table
+    table = model.audio_tower.embed_tokens.weight.detach().clone()
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reinitialise_head(model, seed=7)
+    head = {n: p for n, p in model.named_parameters() if n.startswith("audio_invert_tower.")}
+    assert torch.equal(model.audio_tower.embed_tokens.weight, table)  # kept: it also embeds the speech input
+    assert model.audio_invert_tower.lm_head.weight is model.audio_tower.embed_tokens.weight
+    assert all(not torch.equal(p, before[n] + 0.5) for n, p in head.items())  # every own weight drawn anew
+    other = _model(seed=3)
+    reinitialise_head(other, seed=7)
+    for n, p in head.items():  # the draw depends on the seed only
+        assert torch.equal(p, dict(other.named_parameters())[n]), n
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if n not in head)  # the rest stays
