@@ -132,3 +132,29 @@ def test_probe_readouts_with_spelling_or_id_bags_start_as_the_plain_readout():
         assert torch.equal(a, b)  # zero spelling vectors
         b.logsumexp(-1).sum().backward()
         assert spelled.adapter.spelling.weight.grad.abs().sum() > 0
+
+
+def test_srh_prev_token_probe_scales_the_previous_token_and_ablates_each_input(tmp_path, capsys):
+    import torch
+
+    from funaudiochat.config import tiny_config
+    from funaudiochat.modeling.model import FunAudioChatForConditionalGeneration
+    from funaudiochat.testing import synthetic_batch
+    from funaudiochat.training.srh_refine import cache_rows, evaluate_srh
+
+    torch.manual_seed(0)
+    model = FunAudioChatForConditionalGeneration(tiny_config()).eval()
+    model.config.audio_config.srh_prev_scale = 3.0
+    model.save_pretrained(tmp_path / "m")
+    rows = cache_rows(model, [synthetic_batch(model.config, batch_size=2, seed=s) for s in range(2)])
+    torch.save({"ids": [], "rows": [r.__dict__ for r in rows]}, tmp_path / "val.pt")
+    probe = load_script("srh_prev_token_probe")
+    assert probe.main(["--model", str(tmp_path / "m"), "--rows", str(tmp_path / "val.pt"), "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    table = model.audio_tower.embed_tokens.weight.detach()
+    prev_ids = torch.cat([r.prev[r.prev >= 0] for r in rows])
+    assert report["srh_prev_scale"] == 3.0 and report["rows"] == 4
+    assert report["previous_token_norm"] == pytest.approx(float((3.0 * table[prev_ids]).norm(dim=-1).mean()), rel=1e-5)
+    assert report["as_trained"] == pytest.approx(evaluate_srh(model, rows))
+    for ablated in ("previous_tokens_random", "conditions_zeroed"):  # each input reaches the logits
+        assert report[ablated]["loss"] != pytest.approx(report["as_trained"]["loss"])
