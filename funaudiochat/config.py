@@ -51,6 +51,13 @@ ADAPTER_MODES = ("linear", "vocab_ctc")
 TEXT_LAYOUTS = ("ahead", "paced")
 
 
+def check_srh_prev_scale(value: object) -> float:
+    """``value`` as ``srh_prev_scale`` (a finite number > 0, not a bool), or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"srh_prev_scale must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     """Speech side of the model: Whisper-style encoder, speech-token grouping and the SRH.
 
@@ -124,10 +131,7 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
                              f"(got {self.continuous_adapter!r}, {self.ctc_spelling_grams})")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if not (isinstance(self.srh_prev_scale, (int, float)) and not isinstance(self.srh_prev_scale, bool)
-                and math.isfinite(self.srh_prev_scale)
-                and self.srh_prev_scale > 0):
-            raise ValueError(f"srh_prev_scale must be a finite number > 0, got {self.srh_prev_scale!r}")
+        check_srh_prev_scale(self.srh_prev_scale)
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by encoder_attention_heads "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from funaudiochat.config import check_srh_prev_scale
 from funaudiochat.packages import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -440,9 +440,10 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
     if not isinstance(spelling, int) or spelling < 0 or (spelling and adapter != "vocab_ctc"):
         raise ManifestError(f"{root / MANIFEST}: ctc_spelling_buckets must be an integer >= 0, and 0 unless the "
                             f"speech adapter is vocab_ctc; got {spelling!r} with {adapter!r}")
-    prev_scale = manifest["applies_to"].get("srh_prev_scale", 1.0)
-    if isinstance(prev_scale, bool) or not isinstance(prev_scale, (int, float)) or not 0 < prev_scale < math.inf:
-        raise ManifestError(f"{root / MANIFEST}: srh_prev_scale must be a finite number > 0, got {prev_scale!r}")
+    try:
+        prev_scale = check_srh_prev_scale(manifest["applies_to"].get("srh_prev_scale", 1.0))
+    except ValueError as exc:
+        raise ManifestError(f"{root / MANIFEST}: {exc}") from None
     files = {f: load_file(str(root / f)) for f in REQUIRED_FILES}
     bags = None
     if spelling:  # the shipped bags, rather than hashing every spelling again
@@ -459,7 +460,7 @@ def load_default_model(assets_dir: str | Path | None = None, backbone_dir: str |
                             f"the installed backbone has {vocab}")
     apply_package(model, files, original_vocab, source=str(root), unshipped=from_pip)
     model.config.text_layout = manifest["applies_to"].get("text_layout", "ahead")
-    model.config.audio_config.srh_prev_scale = float(prev_scale)
+    model.config.audio_config.srh_prev_scale = prev_scale
     if duplex:
         attach_duplex_head(model, manifest["duplex"], root)
         apply_duplex(model, load_file(str(root / DUPLEX_FILE)), source=str(root))
