@@ -59,3 +59,9 @@ done
 
 # 5. The SRH's share of a joint step: 7.72 / 6.68 s a batch of 8 with the speech loss, 6.51 / 5.47 s without.
 python $R/srh_step_share.py
+
+# 6. Pre-alignment again from session 22's CTC model with srh_prev_scale 30 in its config (same recipe).
+cp -r build/s22/runs/ctc_alignment/final /tmp/s24_ctc30   # then set audio_config.srh_prev_scale = 30.0 in its config.json
+python -m funaudiochat.training.cli train build/s22/recipes/pre_alignment.yaml --set model.path=/tmp/s24_ctc30 \
+  --set output.dir=/tmp/s24_pre30
+cp /tmp/s24_pre30/metrics.jsonl $R/pre_alignment_scale30_metrics.jsonl
