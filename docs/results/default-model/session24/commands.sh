@@ -65,3 +65,10 @@ cp -r build/s22/runs/ctc_alignment/final /tmp/s24_ctc30   # then set audio_confi
 python -m funaudiochat.training.cli train build/s22/recipes/pre_alignment.yaml --set model.path=/tmp/s24_ctc30 \
   --set output.dir=/tmp/s24_pre30
 cp /tmp/s24_pre30/metrics.jsonl $R/pre_alignment_scale30_metrics.jsonl
+
+# 7. The package of step 3 through the README demo (then restored), and Whisper base on both spoken answers.
+cp build/s24-out/* funaudiochat/assets/default_model/
+funaudiochat demo --out /tmp/a24.wav
+git checkout funaudiochat/assets/default_model
+funaudiochat demo --out /tmp/a22.wav
+python -c "from funaudiochat.speech.asr import LocalASR; a = LocalASR(); print(a.transcribe('/tmp/a24.wav')); print(a.transcribe('/tmp/a22.wav'))"
