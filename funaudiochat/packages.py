@@ -60,4 +60,3 @@ def safetensors_size_problem(path: str | os.PathLike[str]) -> str | None:
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
     want = 8 + n + max(ends, default=0)
     return None if want == size else f"{size} bytes where its tensors need {want}"
-

@@ -141,9 +141,7 @@ def apply_package(model: torch.nn.Module, files: Mapping[str, Mapping[str, torch
                             f"unexpected {sorted(set(speech) - expected)[:5]}")
     with torch.no_grad():
         for name, t in speech.items():
-            if state[name].shape != t.shape:
-                raise ManifestError(f"{source}/{SPEECH_FILE}: {name} has shape {tuple(t.shape)}, model has {tuple(state[name].shape)}")
-            state[name].copy_(t if not t.is_floating_point() else t.float())
+            _copy_checked(state, name, t, f"{source}/{SPEECH_FILE}")
         for key, t in delta.items():
             if key == "embed_new_rows":
                 emb = state[EMBED_KEY]
@@ -155,15 +153,19 @@ def apply_package(model: torch.nn.Module, files: Mapping[str, Mapping[str, torch
             if name not in state:
                 raise ManifestError(f"{source}/{DELTA_FILE}: {key} names no backbone parameter")
             if kind == "full":
-                if state[name].shape != t.shape:
-                    raise ManifestError(f"{source}/{DELTA_FILE}: {name} has shape {tuple(t.shape)}, "
-                                        f"model has {tuple(state[name].shape)}")
-                state[name].copy_(t.float())
+                _copy_checked(state, name, t, f"{source}/{DELTA_FILE}")
             elif kind == "a":
                 _add_low_rank(model, name, t, delta.get(f"{name}.b"), f"{source}/{DELTA_FILE}")
             elif kind != "b":
                 raise ManifestError(f"{source}/{DELTA_FILE}: unknown tensor kind in {key}")
     return model
+
+
+def _copy_checked(state: Mapping[str, torch.Tensor], name: str, t: torch.Tensor, where: str) -> None:
+    """Copy a shipped tensor into the model's ``name`` (floats as fp32); a shape mismatch names ``where``."""
+    if state[name].shape != t.shape:
+        raise ManifestError(f"{where}: {name} has shape {tuple(t.shape)}, model has {tuple(state[name].shape)}")
+    state[name].copy_(t.float() if t.is_floating_point() else t)
 
 
 def _add_low_rank(model: torch.nn.Module, name: str, a: torch.Tensor, b: torch.Tensor | None, where: str) -> None:
@@ -258,9 +260,7 @@ def apply_duplex(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], so
             if kind == "full":
                 if not name.startswith(DUPLEX_PREFIXES):
                     raise ManifestError(f"{where}: {key} replaces a tensor outside {DUPLEX_PREFIXES}")
-                if state[name].shape != t.shape:
-                    raise ManifestError(f"{where}: {name} has shape {tuple(t.shape)}, model has {tuple(state[name].shape)}")
-                state[name].copy_(t.float())
+                _copy_checked(state, name, t, where)
             elif kind == "a":
                 if not name.startswith(LM_PREFIX):
                     raise ManifestError(f"{where}: {key} is not a backbone factor")
