@@ -128,6 +128,10 @@ class TrainSection:
     #: below get no gradient and no weight decay, so they stay bit-identical (null: off).
     new_token_rows: int | None = None
     gradient_checkpointing: bool = False
+    #: Run the Speech Refined Head and add its loss (DPO: its log-probs).  False skips the head, which
+    #: then gets no gradient: for builds that train the head afterwards on cached states, where its
+    #: share of every joint step would be wasted (``build-default``'s SRH stage).
+    speech_loss: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     #: Clip the global gradient norm to this value (null: no clipping, norm still logged).
     max_grad_norm: float | None = 1.0
@@ -361,6 +365,8 @@ def _check_values(recipe: Recipe) -> list[str]:
         p.append(f"data.speed_perturb / data.gain_db: only the ctc stage augments audio (stage is {recipe.stage})")
     if recipe.stage != "ctc" and d.transcript_case != "lower":
         p.append(f"data.transcript_case: only the ctc stage reads transcripts as targets (stage is {recipe.stage})")
+    if recipe.stage in ("ctc", "duplex") and not t.speech_loss:
+        p.append(f"train.speech_loss: only sft and dpo stages can skip the speech head (stage is {recipe.stage})")
     if recipe.stage == "ctc" and t.lora is not None:
         p.append("train.lora: the ctc stage does not run the backbone, so LoRA on it would not train")
     if t.lora is not None:

@@ -287,6 +287,7 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     t, out_dir, is_dpo = recipe.train, recipe.output_dir, recipe.stage == "dpo"
     is_duplex = recipe.stage == "duplex"
     is_ctc = recipe.stage == "ctc"
+    speech = None if t.speech_loss else False  # None: the head runs where the batch has speech targets
     accelerator = Accelerator(
         gradient_accumulation_steps=t.grad_accum,
         mixed_precision=t.mixed_precision,
@@ -430,12 +431,13 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
             sums[5] += float(batch["ctc_target_lengths"].sum() if is_ctc else batch["attention_mask"].sum())
             with accelerator.accumulate(model):
                 if is_dpo:
-                    loss, out, res = _dpo_step(model, reference, config, batch, recipe)
+                    loss, out, res = _dpo_step(model, reference, config, batch, recipe, speech)
                     dpo_metrics.append(res.metrics())
                     dpo_tasks += tasks
                 else:
                     # SFT needs the 49k-way text head only where there are labels (most positions are prompt)
-                    out = model(**batch) if is_duplex or is_ctc else model(**batch, labelled_logits_only=True)
+                    out = (model(**batch) if is_duplex or is_ctc
+                           else model(**batch, labelled_logits_only=True, compute_speech_logits=speech))
                     loss = out.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -532,15 +534,18 @@ def _check_resume(state: dict, extra: dict, path: Path) -> None:
             )
 
 
-def _dpo_step(model, reference, config, batch: dict, recipe: Recipe):
-    """Policy and reference log-probs of chosen (first half) and rejected (second half) replies."""
+def _dpo_step(model, reference, config, batch: dict, recipe: Recipe, speech: bool | None = None):
+    """Policy and reference log-probs of chosen (first half) and rejected (second half) replies.
+
+    ``speech=False`` leaves the speech head out of both (text log-probs only).
+    """
     from funaudiochat.training.dpo import dpo_loss
     from funaudiochat.training.logprobs import reply_logprobs
 
     d = recipe.dpo
-    out = model(**batch)
+    out = model(**batch, compute_speech_logits=speech)
     with torch.no_grad():
-        ref_out = reference(**batch)
+        ref_out = reference(**batch, compute_speech_logits=speech)
     _, _, pol = reply_logprobs(config, batch, out, d.text_weight, d.speech_weight, d.average)
     _, _, ref = reply_logprobs(config, batch, ref_out, d.text_weight, d.speech_weight, d.average)
     half = pol.shape[0] // 2

@@ -103,3 +103,28 @@ def test_unknown_freeze_prefix_is_an_error(tmp_path, data):
 
     with pytest.raises(ValueError, match=r"train.freeze: prefix\(es\) \['langauge_model.'\] match no parameter"):
         train(tiny_recipe("pre_alignment", data, tmp_path / "typo", *FAST, "train.freeze=[langauge_model.]"))
+
+
+@pytest.mark.parametrize("stage", ["pre_alignment", "dpo"])
+def test_without_the_speech_loss_the_head_does_not_train(tmp_path, data, stage):
+    """``train.speech_loss: false`` leaves the SRH out of the step: its own weights stay as they started,
+    the logged loss is the text loss alone, and the rest still trains."""
+    import json
+
+    from tests.training.tiny_runs import split
+
+    src, start = data, []
+    if stage == "dpo":  # from the tiny model itself rather than a stage-2 run
+        src, start = write_synthetic_dataset(tmp_path / "dpo_data", n=4, kind="dpo", seed=3), ["model.path=null", "model.tiny=true"]
+    result = train(tiny_recipe(stage, src, tmp_path / "run", *FAST, *start, "train.speech_loss=false"))
+    init, final = _init_weights(), weights(result.final_dir)
+    # the speech table is the head's output layer too, but the input side still trains it (checked below)
+    head, rest = split({k: v for k, v in final.items() if k != "audio_tower.embed_tokens.weight"},
+                       "audio_invert_tower.")
+    assert head and all(torch.equal(v, init[k]) for k, v in head.items())
+    assert any(not torch.equal(v, init[k]) for k, v in rest.items())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert steps and all(r.get("speech_loss") is None for r in steps)
+    if stage != "dpo":
+        assert all(r["loss"] == pytest.approx(r["text_loss"], rel=1e-6) for r in steps)
