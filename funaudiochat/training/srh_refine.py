@@ -43,7 +43,8 @@ def srh_rows(model, batch: dict, context_groups: int = 4) -> list[SRHRow]:
     k, ignore = model.group_size, model.config.ignore_index
     batch = {key: v for key, v in batch.items() if key != "tasks"}
     with torch.no_grad():
-        out = model(**batch, compute_speech_logits=False)
+        # The text head is needed only where the loss is (it is 49k wide): the states are what we keep.
+        out = model(**batch, compute_speech_logits=False, labelled_logits_only=True)
     if out.speech_labels is None:
         return []
     conditions = (out.last_hidden_state + out.text_embeds).to(torch.float16).cpu()
