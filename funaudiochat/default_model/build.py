@@ -140,9 +140,15 @@ class BuildConfig:
     #: first word is predicted at the untrained ``<|audio_bos|>``; no build has measured it alone.
     train_new_tokens: bool = False
     #: SRH refinement after DPO on cached backbone states (None: the package takes the DPO model).
-    #: Off by default: on the CPU build's data it lowered the held-out speech loss only from 5.52 to
-    #: 5.23 (at 400 steps; it overfits after), see docs/default-model.md.
+    #: Off in the plain and GPU presets: at the released scale it lowered the held-out speech loss only
+    #: from 5.52 to 5.23.  On in :meth:`cpu_base` with a fresh head at ``srh_prev_scale`` 30 (sessions 24-25,
+    #: docs/default-model.md).
     srh: SRHRefineSpec | None = None
+    #: Train the SRH in the joint stages (pre-alignment, Core-Cocktail, DPO) by its speech loss.  False
+    #: leaves it out of them (``train.speech_loss``), which needs the SRH stage (``srh``) to train it:
+    #: session 24 measured its share of a joint step at about 1.2 s, some 9 minutes of the CPU build,
+    #: spent on a head that the SRH stage then draws afresh.
+    joint_speech_loss: bool = True
     #: Read-aloud turns (:mod:`funaudiochat.default_model.read_aloud`: typed sentence -> spoken in the
     #: assistant voice) added to the SFT data of pre-alignment and both Core-Cocktail stages, and to the
     #: SRH stage's rows.  0 (none) by default: sessions 14 and 15 measured a small gain on the SRH
@@ -175,6 +181,8 @@ class BuildConfig:
             raise ValueError(f"ctc_spelling_buckets must be >= 0, got {self.ctc_spelling_buckets}")
         if self.ctc_spelling_buckets and self.speech_adapter != "vocab_ctc":
             raise ValueError("ctc_spelling_buckets needs speech_adapter 'vocab_ctc'")
+        if not self.joint_speech_loss and self.srh is None:
+            raise ValueError("joint_speech_loss=False needs the SRH stage (srh): nothing else would train the head")
         if self.encoder not in ENCODER_SHAPES:
             raise ValueError(f"encoder must be one of {sorted(ENCODER_SHAPES)}, got {self.encoder!r}")
         self.frozen_encoder_prefixes()  # checks the layer count against the encoder
@@ -190,12 +198,15 @@ class BuildConfig:
     @classmethod
     def cpu_base(cls) -> BuildConfig:
         """Session 21's recipe (``--preset cpu-base``): Whisper base with its top 2 layers trained, the
-        added tokens' rows trained, and a spelling table of 8192 buckets in the CTC readout.
+        added tokens' rows trained, and a spelling table of 8192 buckets in the CTC readout.  Since session
+        25 the SRH is left out of the joint stages and trained afterwards, afresh at ``srh_prev_scale`` 30,
+        by the SRH stage (400 steps): the same minutes buy a head that hears its previous token.
 
         Why the default: it hears and answers more real speech than session 6's recipe (14 of 100 real
         LLaMA-Questions recordings against 9, docs/default-model.md, "Session 21"); session 22 shipped it.
         """
-        return cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192)
+        return cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192,
+                   srh=SRHRefineSpec(steps=400, prev_scale=30.0), joint_speech_loss=False)
 
     @classmethod
     def smoke(cls) -> BuildConfig:
@@ -209,6 +220,7 @@ class BuildConfig:
         cfg.read_aloud = 2
         cfg.ctc_spelling_buckets = 256  # off by default; the smoke build checks it end to end
         cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0)  # a fresh head, end to end
+        cfg.joint_speech_loss = False  # as in cpu_base: the head trains in the SRH stage only
         return cfg
 
     @classmethod
@@ -277,12 +289,12 @@ class _Timer:
 
 def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], out: Path, seed: int, dpo: bool,
             stage: str | None = None, frozen: list[str] | None = None, new_token_rows: int | None = None,
-            drop_scales: tuple[str, ...] = ()) -> dict:
+            drop_scales: tuple[str, ...] = (), speech_loss: bool = True) -> dict:
     """A stage's recipe as plain data; ``stage`` overrides the sft/dpo choice of ``dpo`` (``"duplex"``).
 
     ``frozen`` adds prefixes to the spec's ``freeze`` and drops the lr scales that only they match, and
     ``drop_scales`` drops more (the trainer refuses a scale no trainable parameter falls under);
-    ``new_token_rows`` becomes ``train.new_token_rows``.
+    ``new_token_rows`` becomes ``train.new_token_rows``, and ``speech_loss=False`` ``train.speech_loss``.
     """
     stage = stage or ("dpo" if dpo else "sft")
     frozen = frozen or []
@@ -295,6 +307,8 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
         train["trainable"] = list(spec.trainable)
     if new_token_rows is not None:
         train["new_token_rows"] = new_token_rows
+    if not speech_loss:
+        train["speech_loss"] = False
     if spec.lora_r:
         train["lora"] = {"r": spec.lora_r, "alpha": 2.0 * spec.lora_r, "merge_at_end": True}
     save_every = spec.save_every if spec.save_every is not None else max(spec.max_steps // 4, 50)
@@ -358,7 +372,8 @@ def write_recipes(work: Path, cfg: BuildConfig, sft: Path, dpo: Path, merge: boo
     for i, name in enumerate(STAGES if merge else STAGES[2:], 0 if merge else 2):
         data = dpo if name == "dpo" else [sft, read_aloud] if read_aloud else sft
         r = _recipe(name, cfg.stages[name], {"path": str(starts[name]), "dtype": "float32"}, data, out_runs / name,
-                    cfg.seed + i, name == "dpo", frozen=frozen, new_token_rows=rows, drop_scales=drop)
+                    cfg.seed + i, name == "dpo", frozen=frozen, new_token_rows=rows, drop_scales=drop,
+                    speech_loss=cfg.joint_speech_loss)
         out[name] = rdir / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(r, sort_keys=False))
     if with_ctc:
@@ -502,7 +517,10 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | No
     records = [r for r in load_records(files, "sft", work / "data") if r[1].task in ("spoken_qa", READ_ALOUD_TASK)]
     dataset = ConversationDataset(records, FunAudioChatProcessor(tokenizer, model.config), "sft")
     collate = SFTCollator(dataset.processor)
-    batches = (collate([dataset[j] for j in range(i, min(i + 8, len(dataset)))]) for i in range(0, len(dataset), 8))
+    # Batches of similar length: padding is most of a mixed batch's positions, and each row's states
+    # do not depend on the others'.
+    order = sorted(range(len(dataset)), key=lambda j: len(dataset[j].input_ids))
+    batches = (collate([dataset[j] for j in order[i : i + 8]]) for i in range(0, len(order), 8))
     rows = cache_rows(model, batches, spec.context_groups, total=-(-len(dataset) // 8))
     random.Random(seed).shuffle(rows)
     n_val = min(spec.val_rows, len(rows) - 1)

@@ -44,14 +44,22 @@ def _build_config(args: argparse.Namespace, base):
     from funaudiochat.default_model.parts import frozen_whisper_prefixes
 
     changes: dict = {"speech_adapter": args.speech_adapter, "text_layout": args.text_layout}
-    if args.srh_prev_scale is not None and (args.srh_refine is None or not 0 < args.srh_prev_scale < math.inf):
-        raise SystemExit(f"error: --srh-prev-scale needs --srh-refine and a finite value > 0, got {args.srh_prev_scale}")
     if args.srh_refine is not None:
         if args.smoke:
             raise SystemExit("error: --smoke already sizes every stage (its SRH stage included); leave out --srh-refine")
-        if args.srh_refine < 1:
-            raise SystemExit(f"error: --srh-refine needs a step count >= 1, got {args.srh_refine}")
-        changes["srh"] = SRHRefineSpec(steps=args.srh_refine, prev_scale=args.srh_prev_scale)
+        if args.srh_refine < 0:
+            raise SystemExit(f"error: --srh-refine needs a step count >= 0 (0: no SRH stage), got {args.srh_refine}")
+        changes["srh"] = SRHRefineSpec(steps=args.srh_refine) if args.srh_refine else None
+        if not args.srh_refine and args.joint_speech_loss is None:
+            changes["joint_speech_loss"] = True  # without the stage, only the joint stages train the head
+    srh = changes.get("srh", base.srh)
+    if args.srh_prev_scale is not None:
+        if srh is None or not 0 < args.srh_prev_scale < math.inf:
+            raise SystemExit(f"error: --srh-prev-scale needs an SRH stage (--srh-refine, or the preset's) and a finite "
+                             f"value > 0, got {args.srh_prev_scale}")
+        changes["srh"] = dataclasses.replace(srh, prev_scale=args.srh_prev_scale)
+    if args.joint_speech_loss is not None:
+        changes["joint_speech_loss"] = args.joint_speech_loss
     for flag, value in (("--vocab-sentences", args.vocab_sentences), ("--read-aloud", args.read_aloud),
                         ("--ctc-spelling-buckets", args.ctc_spelling_buckets)):
         if value is not None and value < 0:
@@ -148,10 +156,15 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "docs/default-model.md, session 14)")
     p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
                    help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
-                   "states (off by default; docs/default-model.md)")
+                   "states (default: the preset's, 400 in cpu-base as shipped, none in cpu and gpu; 0: no SRH "
+                   "stage; docs/default-model.md)")
     p.add_argument("--srh-prev-scale", type=float, default=None, metavar="X",
-                   help="with --srh-refine: the head's config.srh_prev_scale; a new value starts the head "
-                   "afresh (session 24: 30 lets the tiny model's head use its previous token)")
+                   help="the SRH stage's config.srh_prev_scale; a new value starts the head afresh (default: the "
+                   "preset's, 30 in cpu-base; session 24: 30 lets the tiny model's head use its previous token)")
+    p.add_argument("--joint-speech-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the SRH by its speech loss in pre-alignment, Core-Cocktail and DPO too (default: "
+                   "the preset's, off in cpu-base, whose SRH stage trains a fresh head; on otherwise, and on "
+                   "with --srh-refine 0)")
     p.add_argument("--vocab-sentences", type=int, default=None, metavar="N",
                    help="extra CTC recordings: N benchmark dev sentences chosen for the words the training "
                    "transcripts lack (default: 2000, 4 with --smoke; 0: none; vocab_ctc only)")

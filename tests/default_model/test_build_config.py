@@ -41,8 +41,9 @@ def test_gpu_preset_scales_steps_and_keeps_the_recipe_order():
     assert gpu.stages["pre_alignment"].freeze == ["language_model."]
     # the CTC stage hears its few synthetic voices perturbed in both presets
     assert (gpu.ctc.speed_perturb, gpu.ctc.gain_db) == (cpu.ctc.speed_perturb, cpu.ctc.gain_db) != (None, 0.0)
-    # the SRH-only stage is opt-in for full builds; the smoke build runs it so every stage is exercised
+    # the SRH-only stage is off in these presets (on in cpu-base); the smoke build runs it as cpu-base does
     assert cpu.srh is None and gpu.srh is None and BuildConfig.smoke().srh.steps == 2
+    assert cpu.joint_speech_loss and gpu.joint_speech_loss and not BuildConfig.smoke().joint_speech_loss
 
 
 def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
@@ -64,10 +65,14 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--preset", "gpu", "--scale", "0"], "--scale must be > 0"),
     (["--preset", "gpu", "--smoke"], "--smoke already sizes every stage"),
     (["--preset", "cpu", "--smoke"], "--smoke already sizes every stage"),
-    (["--srh-refine", "0"], "--srh-refine needs a step count >= 1"),
+    (["--srh-refine", "-1"], "--srh-refine needs a step count >= 0 \\(0: no SRH stage\\), got -1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
-    (["--srh-prev-scale", "30"], "--srh-prev-scale needs --srh-refine and a finite value > 0, got 30.0"),
-    (["--srh-refine", "5", "--srh-prev-scale", "0"], "--srh-prev-scale needs --srh-refine and a finite value > 0, got 0.0"),
+    (["--preset", "cpu", "--srh-prev-scale", "30"], "--srh-prev-scale needs an SRH stage .* got 30.0"),
+    (["--srh-refine", "0", "--srh-prev-scale", "30"], "--srh-prev-scale needs an SRH stage .* got 30.0"),
+    (["--srh-refine", "5", "--srh-prev-scale", "0"], "--srh-prev-scale needs an SRH stage .* finite value > 0, got 0.0"),
+    (["--srh-prev-scale", "inf"], "--srh-prev-scale needs an SRH stage .* finite value > 0, got inf"),
+    (["--srh-refine", "0", "--no-joint-speech-loss"], "joint_speech_loss=False needs the SRH stage"),
+    (["--preset", "cpu", "--no-joint-speech-loss"], "joint_speech_loss=False needs the SRH stage"),
     (["--vocab-sentences", "-1"], "--vocab-sentences must be >= 0, got -1"),
     (["--read-aloud", "-2"], "--read-aloud must be >= 0, got -2"),
     (["--encoder", "base", "--encoder-trainable-layers", "7"],
@@ -279,6 +284,11 @@ def test_the_cpu_base_preset_is_session_21s_recipe_and_its_recipes_validate(tmp_
     for name in STAGES:
         r = load_recipe(paths[name])
         assert r.train.new_token_rows == VOCAB and SPELLING_PREFIX in r.train.freeze
+        assert r.train.speech_loss is False  # session 25: the SRH stage trains a fresh head instead
+    assert (new.srh.steps, new.srh.prev_scale, new.joint_speech_loss) == (400, 30.0, False)
+    assert load_recipe(paths[CTC_STAGE]).train.speech_loss is True  # the key is for sft and dpo stages only
+    plain_paths = _recipes(tmp_path / "plain", plain, data / "s", data / "p", ctc=data / "c")
+    assert all(load_recipe(plain_paths[n]).train.speech_loss is True for n in STAGES)
 
 
 class _Stop(Exception):
@@ -307,15 +317,25 @@ def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu-base") == shipped
     old = _cli_config(monkeypatch, tmp_path, "--preset", "cpu")
     assert old == BuildConfig() and old.encoder == "tiny.en"  # session 6's recipe
-    # session 21's build, spelled out flag by flag over session 6's recipe as it was run
+    # the default recipe, spelled out flag by flag over session 6's as it was run
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base", "--encoder-trainable-layers",
-                       "2", "--train-new-tokens", "--ctc-spelling-buckets", "8192") == shipped
+                       "2", "--train-new-tokens", "--ctc-spelling-buckets", "8192", "--srh-refine", "400",
+                       "--srh-prev-scale", "30", "--no-joint-speech-loss") == shipped
     # and back to session 6's recipe from the default
     assert _cli_config(monkeypatch, tmp_path, "--encoder", "tiny.en", "--no-train-new-tokens",
-                       "--ctc-spelling-buckets", "0") == old
+                       "--ctc-spelling-buckets", "0", "--srh-refine", "0") == old
     # another encoder trains all its layers unless told; the linear adapter has no spelling table
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base").encoder_trainable_layers is None
     assert _cli_config(monkeypatch, tmp_path, "--encoder-trainable-layers", "1").encoder_trainable_layers == 1
+    # the SRH stage: off with 0 (the joint stages then train the head), rescaled, or added to another preset
+    no_srh = _cli_config(monkeypatch, tmp_path, "--srh-refine", "0")
+    assert no_srh.srh is None and no_srh.joint_speech_loss
+    scaled = _cli_config(monkeypatch, tmp_path, "--srh-prev-scale", "10")
+    assert (scaled.srh.steps, scaled.srh.prev_scale, scaled.joint_speech_loss) == (400, 10.0, False)
+    both = _cli_config(monkeypatch, tmp_path, "--joint-speech-loss", "--srh-refine", "50")
+    assert (both.srh.steps, both.srh.prev_scale, both.joint_speech_loss) == (50, None, True)
+    added = _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--srh-refine", "20", "--srh-prev-scale", "4")
+    assert (added.srh.steps, added.srh.prev_scale, added.joint_speech_loss) == (20, 4.0, True)
     lin = _cli_config(monkeypatch, tmp_path, "--speech-adapter", "linear")
     assert (lin.speech_adapter, lin.ctc_spelling_buckets, lin.encoder) == ("linear", 0, "base")
     smoke = _cli_config(monkeypatch, tmp_path, "--smoke")

@@ -117,6 +117,11 @@ def test_smoke_build_outputs(smoke_build):
     dpo_state, srh_state = (load_file(str(work / "runs" / s / "final" / "model.safetensors")) for s in ("dpo", "srh_refine"))
     assert {k for k in dpo_state if not torch.equal(dpo_state[k], srh_state[k])} <= {
         k for k in dpo_state if k.startswith("audio_invert_tower.")}
+    # as in cpu-base, the joint stages leave the head out: DPO's head is the initial one
+    init_head = {k: v for k, v in init_state.items() if k.startswith("audio_invert_tower.")}
+    assert init_head and all(torch.equal(dpo_state[k], v) for k, v in init_head.items())
+    for stage in ("pre_alignment", "core_cocktail_stage1", "core_cocktail_stage2", "dpo"):
+        assert yaml.safe_load((work / "recipes" / f"{stage}.yaml").read_text())["train"]["speech_loss"] is False
     # the smoke head starts afresh at srh_prev_scale 4, which travels through the package
     assert srh["spec"]["prev_scale"] == 4.0 and manifest["applies_to"]["srh_prev_scale"] == 4.0
     # fp16 storage of a tiny trained change: close to the fp32 trained model, not equal
