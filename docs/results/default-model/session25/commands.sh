@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Session 25 (CPU only): the default recipe trains the Speech Refined Head in its own stage, afresh at
+# srh_prev_scale 30, and leaves it out of the joint stages. Commands as run, from the repo root.
+set -euo pipefail
+R=docs/results/default-model/session25
+
+# 1. The build. The stages before pre-alignment do not change with this session's recipe (questions,
+#    answers, speech data, vocabulary sentences, init and the CTC stage read nothing it changed), and
+#    session 22 showed them byte-identical from run to run. So session 22's outputs were hard-linked into
+#    the new work dir with their stage times, and the build ran from pre-alignment on; the byte-identity
+#    of sft/dpo/ctc/ctc_vocab.jsonl was checked with cmp after the data stages had rewritten them.
+mkdir -p build/s25/runs/ctc_alignment
+cp -a build/s22/questions.jsonl build/s22/answers.jsonl build/s25/
+cp -al build/s22/data build/s25/data && cp -al build/s22/init build/s25/init
+cp -al build/s22/runs/ctc_alignment/final build/s25/runs/ctc_alignment/final
+python -c "import json; t = json.load(open('build/s22/timings.json')); json.dump({k: t[k] for k in ('questions', 'answers', 'speech_data', 'vocab_sentences', 'init_model', 'ctc_alignment')}, open('build/s25/timings.json', 'w'), indent=2)"
+/usr/bin/time -v funaudiochat -v build-default --preset cpu-base --out build/s25-out --work build/s25 \
+  --benchdata ../shared/benchdata
+for f in sft.jsonl dpo.jsonl ctc.jsonl ctc_vocab.jsonl; do cmp build/s22/data/$f build/s25/data/$f; done
+cp build/s25/timings.json $R/timings.json
+cp build/s25/runs/srh_refine/final/srh_refine.json $R/
+cp build/s25/runs/srh_refine/metrics.jsonl $R/srh_refine_metrics.jsonl
+for s in pre_alignment core_cocktail_stage1 core_cocktail_stage2 dpo; do cp build/s25/runs/$s/metrics.jsonl $R/${s}_metrics.jsonl; done
