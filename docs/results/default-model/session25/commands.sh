@@ -21,3 +21,22 @@ cp build/s25/timings.json $R/timings.json
 cp build/s25/runs/srh_refine/final/srh_refine.json $R/
 cp build/s25/runs/srh_refine/metrics.jsonl $R/srh_refine_metrics.jsonl
 for s in pre_alignment core_cocktail_stage1 core_cocktail_stage2 dpo; do cp build/s25/runs/$s/metrics.jsonl $R/${s}_metrics.jsonl; done
+
+# 2. Text in and speech in (session 21's commands: first 100 items of each dev set, the build's 1,749
+#    training questions excluded). The synthesized Web Questions / TriviaQA recordings are session 21's
+#    (its run's TTS cache), so both builds hear the same audio.
+work=build/s25; res=build/eval_s25
+ev() { funaudiochat eval --model "$1" --sets "$2" --modes "$3" --name "$4" --out "$res/$4" --limit 100 \
+         --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8 "${@:5}"; }
+ev $work/runs/srh_refine/final llama_questions,web_questions,triviaqa text s25_final
+ev $work/runs/srh_refine/final llama_questions s2t s25_final_s2t
+ev $work/runs/srh_refine/final web_questions,triviaqa s2t s25_final_s2t_synth --tts-cache build/eval_s21/s21_dpo_s2t_synth/tts
+for x in s25_final s25_final_s2t s25_final_s2t_synth; do cp $res/$x/report.md $R/report_$x.md; done
+
+# 3. Speech out end to end (session 21's command: 20 LLaMA-Questions recordings, s2s), two sampling seeds.
+for seed in 0 1; do
+  funaudiochat eval --model $work/runs/srh_refine/final --sets llama_questions --modes s2s --name s25_s2s_$seed \
+    --out $res/s2s_$seed --limit 20 --batch-size 10 --exclude-ids $work/questions.jsonl --no-progress \
+    --max-seconds 8 --seed $seed
+  cp $res/s2s_$seed/report.md $R/report_s25_s2s_seed$seed.md
+done
