@@ -19,9 +19,9 @@ from funaudiochat.testing import word_tokenizer
 
 RANK = 8
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: sha256 of the shipped half-duplex files (session-22 build): adding the duplex extra must not change them.
-SHIPPED_SPEECH_SHA = "b5392358997957bb7d1061f5b2b6d8c321acc4bcff9aeac8ce2ecbde972e5601"
-SHIPPED_DELTA_SHA = "e19694498bb4305b8f8b5f28d8fdc03f2c404ec186310429e69ee3a1ba1fed12"
+#: sha256 of the shipped half-duplex files (session-25 build): adding the duplex extra must not change them.
+SHIPPED_SPEECH_SHA = "a15d1fd9c09c9d26594e60499a30582fe6285a6a94f49873b32b9cf9f274f2e7"
+SHIPPED_DELTA_SHA = "b932e61b2f7a4c09a6a77dc6e764e9edeeb128cbab859475fcaf13d62ae46a6b"
 
 
 def _info() -> dict:
@@ -263,6 +263,7 @@ def test_shipped_package_keeps_its_half_duplex_files():
     assert manifest["files"][pkg.DELTA_FILE]["sha256"] == SHIPPED_DELTA_SHA
     assert manifest["total_bytes"] <= 60_000_000
     assert manifest["applies_to"]["speech_adapter"] == "vocab_ctc"  # the session-5 build
+    assert manifest["applies_to"]["srh_prev_scale"] == 30.0  # session 25: the head reads its previous token
     if pkg.DUPLEX_FILE in manifest["files"]:
         pkg.verify_manifest(pkg.DEFAULT_ASSETS, duplex=True)
         assert manifest["duplex"]["applies_on"] == {pkg.SPEECH_FILE: SHIPPED_SPEECH_SHA,
