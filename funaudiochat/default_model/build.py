@@ -518,10 +518,10 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | No
     dataset = ConversationDataset(records, FunAudioChatProcessor(tokenizer, model.config), "sft")
     collate = SFTCollator(dataset.processor)
     # Batches of similar length: padding is most of a mixed batch's positions, and each row's states
-    # do not depend on the others'.
-    order = sorted(range(len(dataset)), key=lambda j: len(dataset[j].input_ids))
-    batches = (collate([dataset[j] for j in order[i : i + 8]]) for i in range(0, len(order), 8))
-    rows = cache_rows(model, batches, spec.context_groups, total=-(-len(dataset) // 8))
+    # do not depend on the others'.  Each record is encoded once (its features are ~0.1 MB).
+    items = sorted((dataset[j] for j in range(len(dataset))), key=lambda item: len(item.input_ids))
+    batches = (collate(items[i : i + 8]) for i in range(0, len(items), 8))
+    rows = cache_rows(model, batches, spec.context_groups, total=-(-len(items) // 8))
     random.Random(seed).shuffle(rows)
     n_val = min(spec.val_rows, len(rows) - 1)
     val, train_rows = rows[:n_val], rows[n_val:]

@@ -118,7 +118,7 @@ def test_without_the_speech_loss_the_head_does_not_train(tmp_path, data, stage):
         src, start = write_synthetic_dataset(tmp_path / "dpo_data", n=4, kind="dpo", seed=3), ["model.path=null", "model.tiny=true"]
     result = train(tiny_recipe(stage, src, tmp_path / "run", *FAST, *start, "train.speech_loss=false"))
     init, final = _init_weights(), weights(result.final_dir)
-    # the speech table is the head's output layer too, but the input side still trains it (checked below)
+    # the speech table is the head's output layer too, but the input side still trains it: left out here
     head, rest = split({k: v for k, v in final.items() if k != "audio_tower.embed_tokens.weight"},
                        "audio_invert_tower.")
     assert head and all(torch.equal(v, init[k]) for k, v in head.items())
