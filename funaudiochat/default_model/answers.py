@@ -56,8 +56,11 @@ def generate_answers(
     cache_path: str | Path,
     batch_size: int = 8,
     max_new_tokens: int = 40,
+    progress: bool = True,
 ) -> dict[str, str]:
     """Greedy answers of the text LM to each question, resuming from ``cache_path``."""
+    from tqdm.auto import tqdm
+
     cache_path = Path(cache_path)
     done = read_answer_cache(cache_path)
     todo = [q for q in questions if q.id not in done]
@@ -69,7 +72,8 @@ def generate_answers(
     lm.eval()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with cache_path.open("a", encoding="utf-8") as f:
+        with cache_path.open("a", encoding="utf-8") as f, \
+                tqdm(total=len(todo), desc="answers", unit="question", disable=not progress or not todo) as bar:
             for i in range(0, len(todo), batch_size):
                 batch = todo[i : i + batch_size]
                 prompts = [
@@ -88,6 +92,7 @@ def generate_answers(
                     done[q.id] = _clean(text)
                     f.write(json.dumps({"id": q.id, "question": q.text, "answer": done[q.id]}, ensure_ascii=False) + "\n")
                 f.flush()
+                bar.update(len(batch))
     finally:
         tokenizer.padding_side = old_side
     return {q.id: done[q.id] for q in questions}

@@ -277,13 +277,15 @@ class _Timer:
         self.times: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
 
     def run(self, name: str, fn, *args, **kwargs):
+        # A start line too: the data stages and the CTC stage each run for many minutes.
+        logger.info("stage %s: started", name)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t0
         if name not in self.times:  # a stage skipped on resume keeps the time of the run that did it
             self.times[name] = round(dt, 2)
         self.path.write_text(json.dumps(self.times, indent=2) + "\n")
-        logger.info("stage %s: %.1f s", name, dt)
+        logger.info("stage %s: %.1f s (the build's stages so far: %.1f min)", name, dt, sum(self.times.values()) / 60)
         return out
 
 

@@ -194,11 +194,14 @@ def build_speech_data(
     speech_tokenizer=None,
     snr_range: tuple[float, float] = (5.0, 15.0),
     answer_asr: bool = False,
+    progress: bool = True,
 ) -> SpeechData:
     """Synthesize, tokenize and write ``sft.jsonl`` + ``dpo.jsonl`` under ``work_dir/data``.
 
     ``answer_asr`` adds a fourth record per question: the transcription of the answer's recording.
     """
+    from tqdm.auto import tqdm
+
     from funaudiochat.training.ctc import load_ctc_records
     from funaudiochat.training.data import validate_jsonl
     from funaudiochat.training.pacing import word_starts_from_audio
@@ -217,7 +220,7 @@ def build_speech_data(
     sft, dpo, ctc = [], [], []
     starts: dict[str, list[int] | None] = {}
     with tok_path.open("a", encoding="utf-8") as tok_file:
-        for q in questions:
+        for q in tqdm(questions, desc="speech data", unit="question", disable=not progress):
             name = _safe(q.id)
             engine, voice, speed = question_voice(q.id)
             q_audio = _speak(engines, wav / f"{name}_q.wav", q.text, engine, voice, speed)

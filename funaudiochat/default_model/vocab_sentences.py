@@ -126,12 +126,14 @@ def select_sentences(pool: Sequence[Sentence], known_texts: Iterable[str], n: in
 
 
 def build_vocab_speech(benchdata: str | Path | None, known_texts: Sequence[str], work_dir: str | Path,
-                       n: int) -> Path | None:
+                       n: int, progress: bool = True) -> Path | None:
     """Choose, speak and list the extra CTC sentences; None when there is no pool or ``n`` is 0.
 
     Recordings are cached like the questions' (a rerun reads them back), and the list is written
     atomically after every recording exists.
     """
+    from tqdm.auto import tqdm
+
     from funaudiochat.default_model.speech_data import TTSEngines, question_voice, safe_name, speak_cached
     from funaudiochat.training.ctc import load_ctc_records
 
@@ -147,7 +149,7 @@ def build_vocab_speech(benchdata: str | Path | None, known_texts: Sequence[str],
     wav.mkdir(parents=True, exist_ok=True)
     engines = TTSEngines()
     rows = []
-    for s in chosen:
+    for s in tqdm(chosen, desc="vocabulary sentences", unit="sentence", disable=not progress):
         engine, voice, speed = question_voice(s.id)
         name = f"wav_vocab/{safe_name(s.id)}.wav"
         speak_cached(engines, data / name, s.text, engine, voice, speed)

@@ -97,3 +97,52 @@ def test_answer_cache_skips_interrupted_line(tmp_path, caplog):
         assert read_answer_cache(path) == {"a": "One."}
     assert "answers.jsonl:3: unreadable cache line skipped" in caplog.text
     assert read_answer_cache(tmp_path / "absent.jsonl") == {}
+
+
+class _LengthTokenizer:
+    """Encodes a prompt as its length, and decodes a generated id as "<n> letters."."""
+
+    padding_side = "right"
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return messages[-1]["content"]
+
+    def __call__(self, prompts, return_tensors, padding, add_special_tokens):
+        import torch
+
+        return {"input_ids": torch.tensor([[len(p)] for p in prompts])}
+
+    def batch_decode(self, ids, skip_special_tokens):
+        return [f"{int(row[0])} letters." for row in ids]
+
+
+class _EchoLM:
+    def __init__(self):
+        self.batches = []
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, max_new_tokens, do_sample, pad_token_id):
+        import torch
+
+        self.batches.append(input_ids.shape[0])
+        return torch.cat([input_ids, input_ids], dim=1)
+
+
+def test_answers_are_batched_cached_and_shown_as_progress(tmp_path, capsys):
+    from funaudiochat.default_model.answers import generate_answers
+
+    qs = [Question(f"q{i}", "?" * (i + 1), "builtin") for i in range(5)]
+    lm, tok, cache = _EchoLM(), _LengthTokenizer(), tmp_path / "answers.jsonl"
+    got = generate_answers(lm, tok, qs, cache, batch_size=2)
+    assert got == {f"q{i}": f"{i + 1} letters." for i in range(5)}
+    assert lm.batches == [2, 2, 1] and tok.padding_side == "right"
+    err = capsys.readouterr().err
+    assert "answers: 100%" in err and "5/5" in err
+    # A rerun reads the cache: no generation and no bar.
+    assert generate_answers(lm, tok, qs, cache, batch_size=2) == got and lm.batches == [2, 2, 1]
+    assert "answers" not in capsys.readouterr().err
+    generate_answers(_EchoLM(), tok, qs, tmp_path / "other.jsonl", progress=False)
+    assert "100%" not in capsys.readouterr().err  # no bar

@@ -22,7 +22,7 @@ def test_build_speech_data_checks_inputs(tmp_path):
         build_speech_data(qs, {"a": "One."}, tmp_path)
 
 
-def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
+def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path, capsys):
     """With the wavs and answer tokens cached, no TTS engine or tokenizer runs; with ``answer_asr`` every
     question gets its spoken reply, text reply, question transcription and answer transcription."""
     import json
@@ -42,7 +42,9 @@ def test_cached_audio_gives_four_records_per_question_without_tts(tmp_path):
     (tmp_path / "data" / "answer_tokens.jsonl").write_text(
         "".join(json.dumps({"id": q.id, "tokens": [1, 2, 3]}) + "\n" for q in qs))
     assert build_speech_data(qs, answers, tmp_path).n_sft == 6  # three records each by default
-    out = build_speech_data(qs, answers, tmp_path, answer_asr=True)
+    assert "speech data: 100%" in capsys.readouterr().err  # the stage's progress bar, on stderr
+    out = build_speech_data(qs, answers, tmp_path, answer_asr=True, progress=False)
+    assert "100%" not in capsys.readouterr().err  # no bar
     rows = [json.loads(line) for line in out.sft.read_text().splitlines()]
     assert out.n_sft == 8 and len(rows) == 8
     assert [r["id"] for r in rows[:4]] == ["a", "a:text", "a:asr", "a:asr_answer"]

@@ -66,7 +66,7 @@ def test_greedy_choice_prefers_new_words_per_word_and_stops_when_nothing_is_need
     assert select_sentences(pool, known, n=0) == []
 
 
-def test_build_writes_ctc_records_and_reuses_cached_recordings(tmp_path, monkeypatch):
+def test_build_writes_ctc_records_and_reuses_cached_recordings(tmp_path, monkeypatch, capsys):
     bench, work = _bench(tmp_path / "bench"), tmp_path / "work"
     spoken = []
 
@@ -80,10 +80,12 @@ def test_build_writes_ctc_records_and_reuses_cached_recordings(tmp_path, monkeyp
     path = build_vocab_speech(bench, known, work, n=5)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert path == work / "data" / "ctc_vocab.jsonl" and len(rows) == len(spoken) >= 1
+    assert "vocabulary sentences: 100%" in capsys.readouterr().err
     for r in rows:
         assert r["id"].startswith("vocab:") and (work / "data" / r["audio"]).is_file()
         assert r["tts"]["engine"] in ("espeak", "piper") and r["source"] in ("librispeech_test_clean", "mmlu_pro_mmsu_domains")
     n_spoken = len(spoken)
-    assert build_vocab_speech(bench, known, work, n=5) == path and len(spoken) == n_spoken  # cached wavs
+    assert build_vocab_speech(bench, known, work, n=5, progress=False) == path and len(spoken) == n_spoken  # cached wavs
+    assert "100%" not in capsys.readouterr().err  # no bar
     assert build_vocab_speech(tmp_path / "missing", known, work, n=5) is None
     assert build_vocab_speech(bench, known, work, n=0) is None
