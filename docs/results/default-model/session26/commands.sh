@@ -55,3 +55,6 @@ for s in ["ctc_alignment", "pre_alignment", "core_cocktail_stage1", "core_cockta
     print(s, len(rows), " ".join(f"{f:.1f}:{sum(r[key] for r in rows[int(len(rows) * f) - k:int(len(rows) * f)]) / k:.3f}"
                                  for f in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)))
 PY
+
+# 5. The answers stage at batch 64 (the build uses 32): same answers? how long?
+python docs/results/default-model/session26/answers_batch.py 64 $res/answers_b64.jsonl > $R/answers_batch64.json
