@@ -38,6 +38,14 @@ from funaudiochat.default_model.read_aloud import READ_ALOUD_TASK
 logger = logging.getLogger(__name__)
 
 DEFAULT_BENCHDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchdata"
+
+#: The joint stages' step counts in :meth:`BuildConfig.cpu_base` since session 27 (160, 180, 90 and 50
+#: before).  Session 26 measured the build at 95.7 min and the training loss of pre-alignment and stage 1
+#: level at about 70 % of their steps, stage 2's flat and DPO's at ln 2 throughout; these counts take some
+#: 13 minutes off (docs/default-model.md, "Session 27").
+CPU_BASE_STEPS: dict[str, int] = {"pre_alignment": 120, "core_cocktail_stage1": 130, "core_cocktail_stage2": 50,
+                                  "dpo": 30}
+
 #: The ``build-default`` preset that made the shipped model (``BuildConfig.cpu_base``, session 22).
 DEFAULT_PRESET = "cpu-base"
 ENCODER_PREFIX, ADAPTER_PREFIX = "continuous_audio_tower.", "continuous_audio_tower.proj."
@@ -205,8 +213,11 @@ class BuildConfig:
         Why the default: it hears and answers more real speech than session 6's recipe (14 of 100 real
         LLaMA-Questions recordings against 9, docs/default-model.md, "Session 21"); session 22 shipped it.
         """
-        return cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192,
-                   srh=SRHRefineSpec(steps=400, prev_scale=30.0), joint_speech_loss=False)
+        cfg = cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192,
+                  srh=SRHRefineSpec(steps=400, prev_scale=30.0), joint_speech_loss=False)
+        for name, steps in CPU_BASE_STEPS.items():
+            cfg.stages[name].max_steps = steps
+        return cfg
 
     @classmethod
     def smoke(cls) -> BuildConfig:
