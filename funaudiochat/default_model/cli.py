@@ -88,10 +88,37 @@ def _build_config(args: argparse.Namespace, base):
     elif spelling and args.speech_adapter != "vocab_ctc":
         raise SystemExit("error: --ctc-spelling-buckets: ctc_spelling_buckets needs speech_adapter 'vocab_ctc'")
     changes["ctc_spelling_buckets"] = spelling
+    if args.steps:
+        if args.smoke:
+            raise SystemExit("error: --smoke already sizes every stage; leave out --steps")
+        changes["stages"], changes["ctc"] = _stage_steps(args.steps, base)
     try:
         return dataclasses.replace(base, **changes)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def _stage_steps(items: list[str], base) -> tuple[dict, object]:
+    """Copies of ``base``'s stage specs with ``STAGE=N`` step counts applied (the preset stays untouched)."""
+    import dataclasses
+
+    from funaudiochat.default_model.build import CTC_STAGE
+
+    stages = {name: dataclasses.replace(spec) for name, spec in base.stages.items()}
+    ctc = dataclasses.replace(base.ctc) if base.ctc is not None else None
+    known = ([CTC_STAGE] if ctc is not None else []) + list(stages)
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(f"error: --steps takes STAGE=N with STAGE one of {', '.join(known)}, got {item!r}")
+        try:
+            steps = int(value)
+        except ValueError:
+            steps = 0
+        if steps < 1:
+            raise SystemExit(f"error: --steps {name} needs a whole number of steps >= 1, got {value!r}")
+        (ctc if name == CTC_STAGE else stages[name]).max_steps = steps
+    return stages, ctc
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -146,6 +173,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); docs/default-model.md")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
+    p.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
+                   help="train STAGE for N steps instead of the preset's (repeatable; STAGE is ctc_alignment, "
+                   "pre_alignment, core_cocktail_stage1, core_cocktail_stage2 or dpo; cpu-base: 520, 120, 130, 50 "
+                   "and 30; the SRH stage's count is --srh-refine)")
     p.add_argument("--speech-adapter", choices=("vocab_ctc", "linear"), default="vocab_ctc",
                    help="how user speech reaches the backbone: 'vocab_ctc' (default) reads it as the "
                    "backbone's own tokens, trained first by CTC; 'linear' is the released adapter, as in "

@@ -67,6 +67,11 @@ def test_gpu_recipes_validate_with_a_slow_encoder_then_a_frozen_one(tmp_path):
     (["--preset", "cpu", "--smoke"], "--smoke already sizes every stage"),
     (["--srh-refine", "-1"], "--srh-refine needs a step count >= 0 \\(0: no SRH stage\\), got -1"),
     (["--smoke", "--srh-refine", "5"], "leave out --srh-refine"),
+    (["--steps", "dpo"], "--steps takes STAGE=N with STAGE one of ctc_alignment, pre_alignment, .*, got 'dpo'"),
+    (["--steps", "stage3=5"], "--steps takes STAGE=N .* got 'stage3=5'"),
+    (["--steps", "dpo=0"], "--steps dpo needs a whole number of steps >= 1, got '0'"),
+    (["--steps", "dpo=ten"], "--steps dpo needs a whole number of steps >= 1, got 'ten'"),
+    (["--smoke", "--steps", "dpo=5"], "leave out --steps"),
     (["--preset", "cpu", "--srh-prev-scale", "30"], "--srh-prev-scale needs an SRH stage .* got 30.0"),
     (["--srh-refine", "0", "--srh-prev-scale", "30"], "--srh-prev-scale needs an SRH stage .* got 30.0"),
     (["--srh-refine", "5", "--srh-prev-scale", "0"], "--srh-prev-scale needs an SRH stage .* finite value > 0, got 0.0"),
@@ -276,7 +281,10 @@ def test_the_cpu_base_preset_is_session_21s_recipe_and_its_recipes_validate(tmp_
         ("base", 2, True, 8192)
     assert (plain.encoder, plain.encoder_trainable_layers, plain.train_new_tokens, plain.ctc_spelling_buckets) == \
         ("tiny.en", None, False, 0)
-    assert [s.max_steps for s in new.stages.values()] == [s.max_steps for s in plain.stages.values()]
+    # session 27 cut the joint stages' steps of the shipped recipe only; session 6's keeps its counts
+    assert [s.max_steps for s in new.stages.values()] == [120, 130, 50, 30]
+    assert [s.max_steps for s in plain.stages.values()] == [160, 180, 90, 50]
+    assert new.ctc.max_steps == plain.ctc.max_steps == 520
     data = tmp_path / "d"
     paths = _recipes(tmp_path / "new", new, data / "s", data / "p", ctc=data / "c")
     ctc = load_recipe(paths[CTC_STAGE])
@@ -320,10 +328,12 @@ def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp
     # the default recipe, spelled out flag by flag over session 6's as it was run
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base", "--encoder-trainable-layers",
                        "2", "--train-new-tokens", "--ctc-spelling-buckets", "8192", "--srh-refine", "400",
-                       "--srh-prev-scale", "30", "--no-joint-speech-loss") == shipped
+                       "--srh-prev-scale", "30", "--no-joint-speech-loss", "--steps", "pre_alignment=120", "--steps",
+                       "core_cocktail_stage1=130", "--steps", "core_cocktail_stage2=50", "--steps", "dpo=30") == shipped
     # and back to session 6's recipe from the default
     assert _cli_config(monkeypatch, tmp_path, "--encoder", "tiny.en", "--no-train-new-tokens",
-                       "--ctc-spelling-buckets", "0", "--srh-refine", "0") == old
+                       "--ctc-spelling-buckets", "0", "--srh-refine", "0", "--steps", "pre_alignment=160", "--steps",
+                       "core_cocktail_stage1=180", "--steps", "core_cocktail_stage2=90", "--steps", "dpo=50") == old
     # another encoder trains all its layers unless told; the linear adapter has no spelling table
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base").encoder_trainable_layers is None
     assert _cli_config(monkeypatch, tmp_path, "--encoder-trainable-layers", "1").encoder_trainable_layers == 1
@@ -336,6 +346,11 @@ def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp
     assert (both.srh.steps, both.srh.prev_scale, both.joint_speech_loss) == (50, None, True)
     added = _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--srh-refine", "20", "--srh-prev-scale", "4")
     assert (added.srh.steps, added.srh.prev_scale, added.joint_speech_loss) == (20, 4.0, True)
+    # --steps changes copies: the preset's specs (shared by every BuildConfig.cpu_base()) stay as they are
+    steps = _cli_config(monkeypatch, tmp_path, "--steps", "ctc_alignment=60", "--steps", "dpo=7", "--steps", "dpo=8")
+    assert (steps.ctc.max_steps, steps.stages["dpo"].max_steps, steps.stages["pre_alignment"].max_steps) == (60, 8, 120)
+    assert steps.stages["dpo"].lr_max == shipped.stages["dpo"].lr_max and shipped.stages["dpo"].max_steps == 30
+    assert (BuildConfig.cpu_base().ctc.max_steps, BuildConfig.cpu_base().stages["dpo"].max_steps) == (520, 30)
     lin = _cli_config(monkeypatch, tmp_path, "--speech-adapter", "linear")
     assert (lin.speech_adapter, lin.ctc_spelling_buckets, lin.encoder) == ("linear", 0, "base")
     smoke = _cli_config(monkeypatch, tmp_path, "--smoke")
