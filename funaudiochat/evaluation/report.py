@@ -103,7 +103,13 @@ def _group_value(metric: str, items: list[ScoredItem]) -> tuple[float | None, di
         errors = sum(int(it.details["errors"]) for it in scored)
         ref_len = sum(int(it.details["ref_len"]) for it in scored)
         value = errors / ref_len if ref_len else 0.0
-        extra["mean_utterance_rate"] = sum(float(it.score) for it in scored) / len(scored)
+        # An utterance with an empty reference has no rate (inf with any word heard), and one would make
+        # the mean inf: the mean is over the others, and how many were left out is said beside it.
+        rated = [float(it.score) for it in scored if int(it.details["ref_len"]) > 0]
+        if rated:
+            extra["mean_utterance_rate"] = sum(rated) / len(rated)
+        if len(rated) < len(scored):
+            extra["empty_references"] = float(len(scored) - len(rated))
         return value, extra
     value = sum(float(it.score) for it in scored) / len(scored)
     if all("strict" in it.details and "loose" in it.details for it in scored):  # IFEval
@@ -171,6 +177,10 @@ def load_run_json(path: str | Path) -> RunResult:
                      dict(doc.get("meta", {})), tuple(items), tuple(summarize(items)))
 
 
+#: ``SetSummary.extra`` keys that count items; every other extra is a rate, shown in percent.
+_COUNT_EXTRAS = frozenset({"empty_references"})
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
@@ -222,7 +232,7 @@ def _summary_table(summary: Sequence[SetSummary]) -> list[str]:
              "|---|---|---|---:|---:|---:|---|"]
     for s in summary:
         note = " (lower is better)" if s.metric in _LOWER_IS_BETTER else ""
-        extra = ", ".join(f"{k} {_fmt(v)}" for k, v in s.extra.items())
+        extra = ", ".join(f"{k} {int(v) if k in _COUNT_EXTRAS else _fmt(v)}" for k, v in s.extra.items())
         lines.append(f"| {s.set} | {s.mode} | {s.metric}{note} | {s.n} | {s.n_scored} | "
                      f"{_fmt(s.value)} | {extra} |")
     return lines

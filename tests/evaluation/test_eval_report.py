@@ -35,6 +35,27 @@ def test_summarize_values():
     assert by_set["alpaca_eval"].value is None and by_set["alpaca_eval"].n_scored == 0
 
 
+def test_an_empty_reference_leaves_the_mean_utterance_rate_finite(tmp_path):
+    # a spoken reply scored against an empty written one (the model wrote only ":"): corpus WER counts its
+    # insertions; the per-utterance mean leaves it out and says so, rather than becoming inf
+    items = [ScoredItem("a", "llama_questions", "s2s-align", "x y z", float("inf"), {"errors": 3, "ref_len": 0},
+                        metric="wer"),
+             ScoredItem("b", "llama_questions", "s2s-align", "a b", 0.5, {"errors": 1, "ref_len": 2}, metric="wer"),
+             ScoredItem("c", "llama_questions", "s2s-align", "c", 0.0, {"errors": 0, "ref_len": 2}, metric="wer")]
+    (wer,) = summarize(items)
+    assert wer.value == pytest.approx(4 / 4)
+    assert wer.extra == {"mean_utterance_rate": pytest.approx(0.25), "empty_references": 1.0}
+    (only_empty,) = summarize(items[:1])
+    assert only_empty.value == 0.0 and only_empty.extra == {"empty_references": 1.0}
+    (none_empty,) = summarize(items[1:])
+    assert "empty_references" not in none_empty.extra
+    run = tmp_path / "r.json"
+    write_run_json(run, items, "r", {"model": "m"})
+    md = write_markdown_report(run, tmp_path / "r.md", chart=False)
+    assert "| llama_questions | s2s-align | wer (lower is better) | 3 | 3 | 100.00 | mean_utterance_rate 25.00, " \
+           "empty_references 1 |" in md.read_text()
+
+
 def test_run_json_roundtrip_and_schema(tmp_path):
     path = tmp_path / "runs" / "a.json"
     write_run_json(path, _items(), "run-a", {"model": "m", "commit": "abc"})
