@@ -52,3 +52,42 @@ for seed in 0 1; do
 done
 # The copied reports' bar charts were left behind, and their image lines removed.
 sed -i '/^!\[results\](report.png)$/d' $R/report_s27_dpo.md $R/report_s27_final_s2t.md $R/report_s27_final_s2t_synth.md
+
+# 4. Speech in on every real LLaMA-Questions dev recording outside the build's questions (210), for this
+#    model and session 25's (the one sessions 25 and 26 shipped), with the same command.
+ev() { funaudiochat eval --model "$1" --sets "$2" --modes "$3" --name "$4" --out "$res/$4" --limit "$5" \
+         --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8 "${@:6}"; }
+ev $work/runs/srh_refine/final llama_questions s2t s27_final_s2t_all 1000
+ev build/s25/runs/srh_refine/final llama_questions s2t s25_final_s2t_all 1000
+cp $res/s27_final_s2t_all/report.md $R/report_s27_final_s2t_all.md
+cp $res/s25_final_s2t_all/report.md $R/report_s25_final_s2t_all.md
+sed -i '/^!\[results\](report.png)$/d' $R/report_s27_final_s2t_all.md $R/report_s25_final_s2t_all.md
+python - <<'PY'
+import json
+from math import comb
+def load(d): return {json.loads(l)["id"]: json.loads(l)["score"] for l in open(f"build/eval_s27/{d}/items.jsonl")}
+a, b = load("s25_final_s2t_all"), load("s27_final_s2t_all")
+old = [k for k in a if a[k] and not b[k]]; new = [k for k in a if b[k] and not a[k]]
+n, k = len(old) + len(new), min(len(old), len(new))
+print(len(a), sum(1 for k in a if a[k] and b[k]), old, new, min(1, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n))
+PY
+
+# 5. The full-duplex extra on this build (session 25's duplex data and TTS cache hard-linked in: they
+#    depend on the questions and answers only), the shipped package, and its evaluation.
+cp -al build/s25/duplex $work/duplex
+/usr/bin/time -v funaudiochat -v build-default-duplex --work $work --out build/s27-out-duplex --base build/s27-out
+for f in speech.safetensors backbone_delta.safetensors; do cmp build/s27-out/$f build/s27-out-duplex/$f; done
+cp build/s27-out-duplex/* funaudiochat/assets/default_model/ && chmod 644 funaudiochat/assets/default_model/*
+funaudiochat eval-duplex --model default-duplex --out build/eval-duplex-s27-thr --sets llama_questions,web_questions,triviaqa \
+  --limit 4 --exclude-ids $work/questions.jsonl --start-prob 0.25 --stop-prob 0.2 --tts-cache build/eval-duplex-s22-thr/tts
+mkdir -p docs/results/duplex/eval-duplex-session27-thr
+cp build/eval-duplex-s27-thr/report.md build/eval-duplex-s27-thr/timeline.png docs/results/duplex/eval-duplex-session27-thr/
+
+# 6. The no-merge ablation of this recipe (stage 2 and DPO again from stage 1, into runs_nomerge).
+funaudiochat -v build-default --out build/s27-out --work $work --preset cpu-base --benchdata ../shared/benchdata \
+  --ablation-no-merge
+cp $work/timings_nomerge.json $R/timings_nomerge.json
+ev $work/runs_nomerge/dpo/final llama_questions,web_questions,triviaqa text s27_nomerge_dpo 100
+ev $work/runs_nomerge/dpo/final llama_questions s2t s27_nomerge_dpo_s2t 100
+for x in s27_nomerge_dpo s27_nomerge_dpo_s2t; do cp $res/$x/report.md $R/report_$x.md; done
+sed -i '/^!\[results\](report.png)$/d' $R/report_s27_nomerge_dpo.md $R/report_s27_nomerge_dpo_s2t.md
