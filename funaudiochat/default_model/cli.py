@@ -169,8 +169,9 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default=None,
                    help="'cpu-base' (default): the shipped recipe (Whisper base with its top 2 layers trained, the "
                    "added rows trained, a spelling table; 81 minutes on 2 cores by stage times, session 27); 'cpu': "
-                   "session 6's recipe (Whisper tiny.en; 80 minutes on 2 cores), shipped until session 22; 'gpu': the cpu recipe at "
-                   "about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); docs/default-model.md")
+                   "session 6's recipe (Whisper tiny.en; 80 minutes on 2 cores), shipped until session 22; 'gpu': "
+                   "the cpu recipe at about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); "
+                   "docs/default-model.md")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
     p.add_argument("--steps", action="append", default=[], metavar="STAGE=N",

@@ -102,7 +102,8 @@ def _group_value(metric: str, items: list[ScoredItem]) -> tuple[float | None, di
                                           for it in scored):
         errors = sum(int(it.details["errors"]) for it in scored)
         ref_len = sum(int(it.details["ref_len"]) for it in scored)
-        value = errors / ref_len if ref_len else 0.0
+        # No reference words at all: a rate exists only when nothing was inserted either.
+        value = errors / ref_len if ref_len else (None if errors else 0.0)
         # An utterance with an empty reference has no rate (inf with any word heard), and one would make
         # the mean inf: the mean is over the others, and how many were left out is said beside it.
         rated = [float(it.score) for it in scored if int(it.details["ref_len"]) > 0]
