@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import tempfile
@@ -38,8 +39,6 @@ def _build_config(args: argparse.Namespace, base):
     ``--encoder-trainable-layers`` trains all of its layers, and the linear adapter drops the spelling
     table unless one is asked for.
     """
-    import dataclasses
-
     from funaudiochat.default_model.build import SRHRefineSpec
     from funaudiochat.default_model.parts import frozen_whisper_prefixes
 
@@ -100,8 +99,6 @@ def _build_config(args: argparse.Namespace, base):
 
 def _stage_steps(items: list[str], base) -> tuple[dict, object]:
     """Copies of ``base``'s stage specs with ``STAGE=N`` step counts applied (the preset stays untouched)."""
-    import dataclasses
-
     from funaudiochat.default_model.build import CTC_STAGE
 
     stages = {name: dataclasses.replace(spec) for name, spec in base.stages.items()}

@@ -26,16 +26,16 @@ done
 # 2. Text in by stage, and text in / speech in on the final model (session 21's items: the first 100 of
 #    each dev set, the build's 1,749 training questions excluded; the synthesized Web Questions / TriviaQA
 #    recordings are session 21's TTS cache, as in sessions 25 and 26).
-ev() { funaudiochat eval --model "$1" --sets "$2" --modes "$3" --name "$4" --out "$res/$4" --limit 100 \
-         --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8 "${@:5}"; }
-ev $work/runs/core_cocktail_stage1/final llama_questions,web_questions,triviaqa text s27_stage1
-ev $work/runs/merged llama_questions,web_questions,triviaqa text s27_merged
-ev $work/runs/core_cocktail_stage2/final llama_questions,web_questions,triviaqa text s27_core_cocktail_stage2
-ev $work/runs/dpo/final llama_questions,web_questions,triviaqa text s27_dpo
+ev() { funaudiochat eval --model "$1" --sets "$2" --modes "$3" --name "$4" --out "$res/$4" --limit "$5" \
+         --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8 "${@:6}"; }
+ev $work/runs/core_cocktail_stage1/final llama_questions,web_questions,triviaqa text s27_stage1 100
+ev $work/runs/merged llama_questions,web_questions,triviaqa text s27_merged 100
+ev $work/runs/core_cocktail_stage2/final llama_questions,web_questions,triviaqa text s27_core_cocktail_stage2 100
+ev $work/runs/dpo/final llama_questions,web_questions,triviaqa text s27_dpo 100
 funaudiochat eval-report --out $R/text_by_stage.md build/eval_s21/s21_base $res/s27_stage1 $res/s27_merged \
   $res/s27_core_cocktail_stage2 $res/s27_dpo
-ev $work/runs/srh_refine/final llama_questions s2t s27_final_s2t
-ev $work/runs/srh_refine/final web_questions,triviaqa s2t s27_final_s2t_synth --tts-cache build/eval_s21/s21_dpo_s2t_synth/tts
+ev $work/runs/srh_refine/final llama_questions s2t s27_final_s2t 100
+ev $work/runs/srh_refine/final web_questions,triviaqa s2t s27_final_s2t_synth 100 --tts-cache build/eval_s21/s21_dpo_s2t_synth/tts
 for x in s27_final_s2t s27_final_s2t_synth; do cp $res/$x/report.md $R/report_$x.md; done
 
 # 3. Speech out end to end (20 LLaMA-Questions recordings, s2s), two sampling seeds.
@@ -55,8 +55,6 @@ sed -i '/^!\[results\](report.png)$/d' $R/report_s27_dpo.md $R/report_s27_final_
 
 # 4. Speech in on every real LLaMA-Questions dev recording outside the build's questions (210), for this
 #    model and session 25's (the one sessions 25 and 26 shipped), with the same command.
-ev() { funaudiochat eval --model "$1" --sets "$2" --modes "$3" --name "$4" --out "$res/$4" --limit "$5" \
-         --batch-size 16 --exclude-ids $work/questions.jsonl --no-progress --max-seconds 8 "${@:6}"; }
 ev $work/runs/srh_refine/final llama_questions s2t s27_final_s2t_all 1000
 ev build/s25/runs/srh_refine/final llama_questions s2t s25_final_s2t_all 1000
 cp $res/s27_final_s2t_all/report.md $R/report_s27_final_s2t_all.md
