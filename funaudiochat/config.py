@@ -108,7 +108,7 @@ class FunAudioChatAudioEncoderConfig(PretrainedConfig):
     #: Factor on the previous-token embedding that the SRH adds to each sub-frame condition (released:
     #: 1.0).  The condition's size follows the backbone's hidden state; in funaudiochat-tiny it is about
     #: 30 times the embedding's, and at 1.0 that head learnt to ignore its previous token
-    #: (docs/default-model.md, session 24).
+    #: (docs/default-model-history.md, session 24).
     srh_prev_scale: float = 1.0
 
     def __post_init__(self, **kwargs: Any) -> None:

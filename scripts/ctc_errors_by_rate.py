@@ -8,7 +8,7 @@ question spoken at more than one token per 200 ms cannot come through whole.  Fo
 rate is the reference's backbone tokens per 5 Hz group of its voiced span (20 ms frames above 5 % of
 the loudest, first to last).  Prints JSON on stdout: the distribution of rates, the correlation of
 rate with each item's WER and deletion rate, and both by rate band.  If the 5 Hz capacity limited
-recognition, fast questions would lose more words (session 17, docs/default-model.md).
+recognition, fast questions would lose more words (session 17, docs/default-model-history.md).
 """
 
 from __future__ import annotations

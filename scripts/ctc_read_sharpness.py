@@ -7,7 +7,7 @@ Here the posterior is taken at temperature T before the mix (T = 0: the one-hot 
 transcript's tokens plus the blank vector), and ``funaudiochat eval`` scores spoken LLaMA-Questions
 (s2t) for each T, one run folder per T under OUT.  The model's files are not changed: the
 adapter module of the loaded model is swapped for one that reads with T.  Result:
-docs/default-model.md ("Speech in without a rebuild").
+docs/default-model-history.md ("Speech in without a rebuild").
 """
 
 from __future__ import annotations

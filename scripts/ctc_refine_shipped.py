@@ -21,7 +21,7 @@ questions better?  It writes, under WORK:
   train the backbone on it with the speech-in path frozen: ``reread_refined.yaml`` (after the CTC
   refinement) and ``reread_shipped.yaml`` (the control, from the shipped model).
 
-Nothing here is part of the build; docs/default-model.md has the result ("Speech in without a rebuild").
+Nothing here is part of the build; docs/default-model-history.md has the result ("Speech in without a rebuild").
 """
 
 from __future__ import annotations

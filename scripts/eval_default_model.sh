@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The results tables of docs/default-model.md and docs/evaluation.md: `funaudiochat eval` over the
+# The results tables of docs/default-model-history.md and docs/evaluation.md: `funaudiochat eval` over the
 # build's stage checkpoints and the shipped model, on dev items the build never trained on.
 #
 #   bash scripts/eval_default_model.sh WORK_DIR RESULTS_DIR [N] [M]

@@ -9,7 +9,7 @@ class: a name (written capitalised inside its sentence) or another word, and how
 lower-cased form takes in the backbone's tokenizer (1, 2, 3 or more).  Session 19 found that the
 words the lower-case readout hears are almost all one-token words, and that lowering a name splits
 it into rare pieces (" France" is one token, " france" two); ``training.ctc``'s ``transcript_case:
-proper`` is the response (docs/default-model.md).  One JSON line per file on stdout.
+proper`` is the response (docs/default-model-history.md).  One JSON line per file on stdout.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the ``vocab_ctc`` adapter over SmolLM2's frozen embedding table.  The real LLaMA
 their WER and the share of content and function words heard (``ctc_transcribe.word_recall``).
 
 Session 17 found that answering from speech tracks whether the content words were heard
-(docs/default-model.md), so this compares encoders by the measure that matters, without a build.
+(docs/default-model-history.md), so this compares encoders by the measure that matters, without a build.
 A frozen encoder is a lower bound on what the build's fine-tuned one hears; the comparison is between
 encoders under the same readout.
 """

@@ -8,7 +8,7 @@ in a band by the share of its content words that appear in its transcript
 (``ctc_transcribe.heard_share``); for each band the report gives the questions, those answered right when typed,
 and of those the ones answered right when spoken.  If spoken answers fail where typed ones succeed
 even with every content word heard, the backbone does not read its input; if they succeed there,
-recognition is the limit (session 17, docs/default-model.md).  JSON on stdout.
+recognition is the limit (session 17, docs/default-model-history.md).  JSON on stdout.
 """
 
 from __future__ import annotations

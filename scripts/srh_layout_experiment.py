@@ -3,7 +3,7 @@
 Question: does the Speech Refined Head learn to say the reply when each text token is fed in the
 group where its speech starts (``funaudiochat/training/pacing.py``) instead of packed at the start?
 
-Procedure (CPU, about an hour on the 2-core machine; docs/default-model.md, session 14):
+Procedure (CPU, about an hour on the 2-core machine; docs/default-model-history.md, session 14):
 
 1. ``cache``: for the spoken answers of a default-model build work dir, the backbone of a trained
    model reads [system, typed question, spoken reply] once per layout; the SRH's inputs (state + text

@@ -1,4 +1,4 @@
-"""Does a Speech Refined Head use its previous token?  (docs/default-model.md, session 24)
+"""Does a Speech Refined Head use its previous token?  (docs/default-model-history.md, session 24)
 
 On cached held-out rows (``scripts/srh_layout_experiment.py cache``), the head's teacher-forced loss
 and accuracy are measured three ways: as trained; with every previous token replaced by a random id;

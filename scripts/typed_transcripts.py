@@ -10,7 +10,7 @@ file is named after the set's folder, because eval picks a set's scorer by its n
 form (lower case, no punctuation), the control for that form, and ``proper/`` with the written question
 cased as ``training.ctc`` cases targets with ``transcript_case: proper`` (names keep their capital).  If typing the transcript answers as
 many questions as speaking does, the backbone reads the speech path as well as it reads text, and
-what is missing is recognition (docs/default-model.md, "Session 18").
+what is missing is recognition (docs/default-model-history.md, "Session 18").
 
 ``overlap`` prints, as JSON, how many questions each of several runs got right and how many each
 pair got right together.  Each argument is an eval ``items.jsonl`` and the mode to read from it.

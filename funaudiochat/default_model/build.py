@@ -150,7 +150,7 @@ class BuildConfig:
     #: SRH refinement after DPO on cached backbone states (None: the package takes the DPO model).
     #: Off in the plain and GPU presets: at the released scale it lowered the held-out speech loss only
     #: from 5.52 to 5.23.  On in :meth:`cpu_base` with a fresh head at ``srh_prev_scale`` 30 (sessions 24-25,
-    #: docs/default-model.md).
+    #: docs/default-model-history.md).
     srh: SRHRefineSpec | None = None
     #: Train the SRH in the joint stages (pre-alignment, Core-Cocktail, DPO) by its speech loss.  False
     #: leaves it out of them (``train.speech_loss``), which needs the SRH stage (``srh``) to train it:
@@ -160,7 +160,7 @@ class BuildConfig:
     #: Read-aloud turns (:mod:`funaudiochat.default_model.read_aloud`: typed sentence -> spoken in the
     #: assistant voice) added to the SFT data of pre-alignment and both Core-Cocktail stages, and to the
     #: SRH stage's rows.  0 (none) by default: sessions 14 and 15 measured a small gain on the SRH
-    #: alone (docs/default-model.md); no full build has used them yet.
+    #: alone (docs/default-model-history.md); no full build has used them yet.
     read_aloud: int = 0
     #: The pip Whisper encoder the speech-in path starts from (``parts.ENCODER_SHAPES``).
     encoder: str = "tiny.en"
@@ -211,7 +211,7 @@ class BuildConfig:
         by the SRH stage (400 steps): the same minutes buy a head that hears its previous token.
 
         Why the default: it hears and answers more real speech than session 6's recipe (14 of 100 real
-        LLaMA-Questions recordings against 9, docs/default-model.md, "Session 21"); session 22 shipped it.
+        LLaMA-Questions recordings against 9, docs/default-model-history.md, "Session 21"); session 22 shipped it.
         """
         cfg = cls(encoder="base", encoder_trainable_layers=2, train_new_tokens=True, ctc_spelling_buckets=8192,
                   srh=SRHRefineSpec(steps=400, prev_scale=30.0), joint_speech_loss=False)

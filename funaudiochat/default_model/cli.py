@@ -178,11 +178,11 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speech-adapter", choices=("vocab_ctc", "linear"), default="vocab_ctc",
                    help="how user speech reaches the backbone: 'vocab_ctc' (default) reads it as the "
                    "backbone's own tokens, trained first by CTC; 'linear' is the released adapter, as in "
-                   "the builds before session 5 (docs/default-model.md)")
+                   "the builds before session 5 (docs/default-model-history.md)")
     p.add_argument("--text-layout", choices=("ahead", "paced"), default="ahead",
                    help="where a spoken reply's text tokens sit among its speech: 'ahead' (default, the "
                    "released layout) or 'paced' (each word just before its speech, <|sil|> between; "
-                   "docs/default-model.md, session 14)")
+                   "docs/default-model-history.md, session 14)")
     p.add_argument("--srh-refine", type=int, default=None, metavar="STEPS",
                    help="after DPO, train the Speech Refined Head alone for STEPS steps on cached backbone "
                    "states (default: the preset's, 400 in cpu-base as shipped, none in cpu and gpu; 0: no SRH "
@@ -210,7 +210,7 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "docs/default-model.md)")
     p.add_argument("--encoder", choices=("tiny.en", "base"), default=None,
                    help="the pip Whisper encoder of the speech-in path (default: the preset's, base in cpu-base as "
-                   "shipped, tiny.en in cpu and gpu; base hears more real speech, docs/default-model.md, session 17)")
+                   "shipped, tiny.en in cpu and gpu; base hears more real speech, docs/default-model-history.md, session 17)")
     p.add_argument("--encoder-trainable-layers", type=int, default=None, metavar="K",
                    help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
                    "stay as pip ships them in every stage and the package leaves them out (default: the "

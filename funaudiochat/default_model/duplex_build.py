@@ -51,8 +51,9 @@ class DuplexBuildConfig:
     """Size and settings of the duplex stage.
 
     The default is sized for about 15 minutes on an idle 2-core CPU, well inside the 25-minute
-    budget (docs/default-model.md, "Full duplex"): a dialogue (about 20 s of conversation) takes
-    about 0.5 s to synthesize and 1.6 s to train on, and each of the 400 is trained on once.
+    budget (docs/default-model-history.md, "How it was built (first build)"): a dialogue (about
+    20 s of conversation) takes about 0.5 s to synthesize and 1.6 s to train on, and each of the
+    400 is trained on once.
     Another process on the two cores slows the training down many times over (thread
     oversubscription), so measure on an idle machine.
     """

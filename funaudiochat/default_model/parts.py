@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 SPEECH_CODEBOOK = 1024
 #: The pip Whisper encoders the model can start from, with their shapes (checked against the pip
 #: weights whenever they are loaded).  Session 17 found that a frozen base hears more content words
-#: of real speech than tiny.en under the same readout (docs/default-model.md).
+#: of real speech than tiny.en under the same readout (docs/default-model-history.md).
 ENCODER_SHAPES: dict[str, dict[str, int]] = {
     "tiny.en": dict(num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6,
                     encoder_ffn_dim=1536, max_source_positions=1500),

@@ -4,7 +4,7 @@ Why: the Speech Refined Head has to learn which speech tokens say which words, a
 spoken answers are few (one per question, often a handful of words).  On session 12's backbone the
 head alone reached a lower held-out loss with 1,116 read-aloud sentences added to its 1,144 replies
 (5.10 against 5.14 nats, no overfitting by 600 steps where the replies alone overfit; session 14 in
-docs/default-model.md); with 4,109 of them it reached 5.07 and was still improving after 1,200 steps
+docs/default-model-history.md); with 4,109 of them it reached 5.07 and was still improving after 1,200 steps
 (session 15).  A read-aloud turn costs one piper synthesis (~0.5 s here) and no answer generation,
 so a few thousand fit a CPU build.
 

@@ -2,7 +2,7 @@
 
 Why: the CTC readout over the backbone's vocabulary can only emit a token it has heard.  On the 210
 real LLaMA-Questions recordings, the session-6 model recovered 68 % of the words that occur at least
-3 times in its training transcripts, and 2 of 211 words that occur less often (docs/default-model.md,
+3 times in its training transcripts, and 2 of 211 words that occur less often (docs/default-model-history.md,
 "Session 7").  The questions and answers alone cover too few words, so this stage adds sentences
 picked for the words they add.
 

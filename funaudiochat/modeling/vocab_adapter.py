@@ -49,7 +49,7 @@ class VocabCTCAdapter(nn.Module):
     summed from its spelling's hashed n-grams (zero at the start, so the adapter starts as without
     it).  Why: the readout hears almost only words that the backbone spells with one frequent token; a
     rare piece has too few recordings to learn its score, but its letters occur in many words that
-    do (docs/default-model.md, session 20: WER 36.1 % -> 29.4 % on real speech in a probe).  The mix
+    do (docs/default-model-history.md, session 20: WER 36.1 % -> 29.4 % on real speech in a probe).  The mix
     the backbone reads still uses the plain embeddings.  ``spelling_grams`` and ``vocab_size`` fix the
     shapes of the bag buffers (filled by :meth:`set_spelling`, saved with the weights).
     """

@@ -46,7 +46,7 @@ def normalize_transcript(text: str, case: str = "lower") -> str:
     first word of every sentence, so only names and acronyms stay capitalised.  Why: the backbone's
     tokenizer is cased, and a lowered name is split into rare pieces that a readout seldom hears
     (" France" is one token, " france" two).  Session 19 measured a small gain only (4 more names
-    heard in 181; docs/default-model.md), so ``lower`` stays the default.  Text without any
+    heard in 181; docs/default-model-history.md), so ``lower`` stays the default.  Text without any
     lower-case letter (LibriSpeech's capitals) carries no case information and is lowered.
     """
     if case not in CTC_CASES:

@@ -4,7 +4,7 @@ In the released layout (``modeling/targets.py::aligned_text_slots``) a reply's t
 first groups of its audio run one per group and ``<|sil|>`` follows.  Text is faster than speech
 (about 0.75 tokens per 200 ms group in our answers), so the token fed with a group drifts ahead of
 the sound the Speech Refined Head must produce there: the head has to find its place in the text by
-itself.  A large backbone learns that; a 135M one with a 2-layer head did not (docs/default-model.md,
+itself.  A large backbone learns that; a 135M one with a 2-layer head did not (docs/default-model-history.md,
 session 13).  The paced layout puts ``<|sil|>`` between tokens so that each token arrives just
 before its own speech, which makes the head's job local: say the word whose token was just read.
 

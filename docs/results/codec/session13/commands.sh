@@ -52,7 +52,7 @@ for m in answers/heldout.jsonl grammar/joe.jsonl grammar/espeak_f.jsonl grammar/
 done
 
 # 6. The shipped model's spoken answers through the new detokenizer (same items and settings as the
-#    session-6 s2s rows in docs/default-model.md).
+#    session-6 s2s rows in docs/default-model-history.md).
 funaudiochat eval --model default --sets llama_questions,web_questions,triviaqa --modes s2s --name shipped_s2s_ft40 \
   --out build/eval_s13/shipped_s2s_ft40 --limit 20 --batch-size 8 --exclude-ids build/s12/questions.jsonl \
   --no-progress --tts-cache build/eval/tts --max-seconds 8 --detokenizer-path $C/detok_ft40

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 11 (2026-11-27, 2-core AMD EPYC, AVX2): speech-in experiments on the shipped model.
-# docs/default-model.md, "Speech in without a rebuild". Run from the repository root, 2 threads.
+# docs/default-model-history.md, "Speech in without a rebuild". Run from the repository root, 2 threads.
 # The runs used /tmp/exp/work as WORK and a recipe named ctc_refine_200_0.0003; the script below
 # rewrote the same data (ctc.jsonl and ctc_vocab.jsonl byte-identical, checked with cmp) and the
 # same recipe (only name and output dir differ); the re-reading data (data/reread.jsonl) is

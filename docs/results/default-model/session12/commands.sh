@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 12 (2026-11-27): today's recipe (vocab_ctc, CTC stage with vocabulary sentences, speech-in
 # path frozen after it, --train-new-tokens) trained at the GPU preset's size on a lent H200, from data
-# made on the 2-core CPU. docs/default-model.md, "GPU rebuild with today's recipe (session 12)".
+# made on the 2-core CPU. docs/default-model-history.md, "GPU rebuild with today's recipe (session 12)".
 # Run from the repository root.
 set -euo pipefail
 work=build/s12; out=build/s12-out; res=build/eval_s12

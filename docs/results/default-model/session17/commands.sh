@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 17 (2026-11-28, 2-core CPU, no GPU): what limits speech in.  Run from the repo root.
-# docs/default-model.md, "Session 17".
+# docs/default-model-history.md, "Session 17".
 set -euo pipefail
 d=docs/results/default-model/session17
 data=../shared/benchdata/llama_questions/dev.jsonl

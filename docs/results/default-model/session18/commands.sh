@@ -2,7 +2,7 @@
 # Session 18 (2026-11-28, 2-core CPU of the fast kind, no GPU): a full CPU build with Whisper base
 # (top 2 layers trained in the CTC stage) and --train-new-tokens.  Session 18 stopped it after
 # Core-Cocktail stage 1 for time; the next session resumed it with the same command (step 5).  Run from
-# the repo root.  docs/default-model.md, "Session 18".
+# the repo root.  docs/default-model-history.md, "Session 18".
 set -euo pipefail
 d=docs/results/default-model/session18
 work=build/s18; res=build/eval_s18

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 21 (2026-11-29, 2-core CPU, no GPU): the full CPU build with Whisper base and the spelling table
 # (session 18's command plus session 20's --ctc-spelling-buckets 8192), from scratch, alone on the cores,
-# then spoken QA on it.  Run from the repo root.  docs/default-model.md, "Session 21".
+# then spoken QA on it.  Run from the repo root.  docs/default-model-history.md, "Session 21".
 set -euo pipefail
 R=docs/results/default-model/session21
 work=build/s21; res=build/eval_s21

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 22 (2026-11-29, 2-core CPU, no GPU): the shipped model's build.  `--preset cpu-base` (session
 # 21's recipe) from scratch, alone on the cores, then its full-duplex extra, then the package in place of
-# session 6's.  Run from the repo root.  docs/default-model.md, "Session 22".
+# session 6's.  Run from the repo root.  docs/default-model-history.md, "Session 22".
 set -euo pipefail
 R=docs/results/default-model/session22
 work=build/s22

@@ -1,4 +1,4 @@
-# Session 24 SRH-only variants (throwaway diagnostic, kept for the record; docs/default-model.md "Session 24").
+# Session 24 SRH-only variants (throwaway diagnostic, kept for the record; docs/default-model-history.md "Session 24").
 # Cache first: python scripts/srh_layout_experiment.py cache --work build/s22 --model build/s22/runs/dpo/final --out /tmp/srh --n-train 1200 --n-val 60 --layouts ahead paced
 # and python docs/results/default-model/session24/cache_split.py (for --hs/--ts). Then e.g.:
 #   python docs/results/default-model/session24/srh_variants.py --variant untied --table-scale 30 --steps 300 --tag _t30

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/default-model.md's session-6 build and results (run from the repo root).
+# The exact commands behind docs/default-model-history.md's session-6 build and results (run from the repo root).
 set -euo pipefail
 export OMP_NUM_THREADS=2
 # The work dir started with the first build's questions.jsonl, answers.jsonl and data/ (cp -al) and a

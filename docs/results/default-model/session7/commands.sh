@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/default-model.md's session-7 build and results (run from the repo root).
+# The exact commands behind docs/default-model-history.md's session-7 build and results (run from the repo root).
 # `bash commands.sh build` makes the package, `bash commands.sh eval` the results, `bash commands.sh duplex`
 # the duplex extra and its evaluation.
 set -euo pipefail
