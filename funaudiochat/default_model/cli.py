@@ -165,7 +165,7 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="a handful of items and steps (minutes on a CPU)")
     p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default=None,
                    help="'cpu-base' (default): the shipped recipe (Whisper base with its top 2 layers trained, the "
-                   "added rows trained, a spelling table; 81 minutes on 2 cores by stage times, session 27); 'cpu': "
+                   "added rows trained, a spelling table; 83 minutes on 2 cores from an empty work dir, session 28); 'cpu': "
                    "session 6's recipe (Whisper tiny.en; 80 minutes on 2 cores), shipped until session 22; 'gpu': "
                    "the cpu recipe at about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); "
                    "docs/default-model.md")
