@@ -165,10 +165,10 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="a handful of items and steps (minutes on a CPU)")
     p.add_argument("--preset", choices=("cpu", "cpu-base", "gpu"), default=None,
                    help="'cpu-base' (default): the shipped recipe (Whisper base with its top 2 layers trained, the "
-                   "added rows trained, a spelling table; 83 minutes on 2 cores from an empty work dir, session 28); 'cpu': "
-                   "session 6's recipe (Whisper tiny.en; 80 minutes on 2 cores), shipped until session 22; 'gpu': "
-                   "the cpu recipe at about 25x the samples in bf16 with 4x the batch (10 minutes on one H200); "
-                   "docs/default-model.md")
+                   "added rows trained, a spelling table; 83 minutes on 2 cores from an empty work dir, session "
+                   "28); 'cpu': session 6's recipe (Whisper tiny.en; 80 minutes on 2 cores), shipped until session "
+                   "22; 'gpu': the cpu recipe at about 25x the samples in bf16 with 4x the batch (10 minutes on one "
+                   "H200); docs/default-model.md")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --preset gpu: multiply every stage's step count (default 1)")
     p.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
@@ -210,7 +210,8 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "docs/default-model.md)")
     p.add_argument("--encoder", choices=("tiny.en", "base"), default=None,
                    help="the pip Whisper encoder of the speech-in path (default: the preset's, base in cpu-base as "
-                   "shipped, tiny.en in cpu and gpu; base hears more real speech, docs/default-model-history.md, session 17)")
+                   "shipped, tiny.en in cpu and gpu; base hears more real speech, docs/default-model-history.md, "
+                   "session 17)")
     p.add_argument("--encoder-trainable-layers", type=int, default=None, metavar="K",
                    help="train only the top K Whisper layers (and the final layer norm when K > 0); the rest "
                    "stay as pip ships them in every stage and the package leaves them out (default: the "
