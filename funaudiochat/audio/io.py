@@ -224,6 +224,23 @@ def load_audio(
     return resample(mono, sr, target_sr)
 
 
+def audio_seconds(path: str | os.PathLike[str]) -> float:
+    """Length of an audio file from its header, without decoding it; for ordering work by size.
+
+    Files soundfile cannot read (formats only ffmpeg decodes) are estimated from their size as
+    16 kHz 16-bit mono, which is close enough to sort by; a missing file raises
+    :class:`AudioFileNotFoundError`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AudioFileNotFoundError(f"{p}: audio file not found")
+    try:
+        info = sf.info(str(p))
+        return info.frames / info.samplerate if info.samplerate else 0.0
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return p.stat().st_size / (2 * SAMPLE_RATE)
+
+
 def save_wav(
     path: str | os.PathLike[str],
     audio: np.ndarray,

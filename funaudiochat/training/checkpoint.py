@@ -15,7 +15,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,21 +52,38 @@ class ResumableSampler(Sampler[int]):
     The order of epoch ``e`` depends only on ``(seed, e)``. The training loop calls :meth:`advance`
     with the number of samples it actually consumed (prefetching workers may read ahead, so the
     sampler cannot count this itself); iterating yields the rest of the current epoch.
+
+    With ``lengths`` and ``group`` > 1 the shuffled order is cut into windows of ``group`` samples and
+    each window is sorted by length (:func:`length_grouped`), so the batches cut from it hold items
+    of similar length and pad little.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, num_samples: int, seed: int = 0, shuffle: bool = True,
+        lengths: Sequence[float] | None = None, group: int = 0,
+    ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_samples} samples")
+        if group < 0 or (group > 1 and lengths is None):
+            raise ValueError(f"group must be >= 0 and needs lengths when > 1, got group={group}")
         self.num_samples = num_samples
         self.shuffle = shuffle
+        self.lengths = None if lengths is None else [float(n) for n in lengths]
+        self.group = group if group > 1 else 0
         self.state = SamplerState(seed=seed)
 
     def order(self, epoch: int) -> list[int]:
         """The full index order of ``epoch``."""
         if not self.shuffle:
-            return list(range(self.num_samples))
-        gen = torch.Generator().manual_seed(self.state.seed + epoch)
-        return torch.randperm(self.num_samples, generator=gen).tolist()
+            base = list(range(self.num_samples))
+        else:
+            gen = torch.Generator().manual_seed(self.state.seed + epoch)
+            base = torch.randperm(self.num_samples, generator=gen).tolist()
+        if self.group:
+            return length_grouped(base, self.lengths, self.group)
+        return base
 
     def __iter__(self) -> Iterator[int]:
         yield from self.order(self.state.epoch)[self.state.position :]
@@ -86,15 +103,35 @@ class ResumableSampler(Sampler[int]):
             self.state.position = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {**asdict(self.state), "num_samples": self.num_samples, "shuffle": self.shuffle}
+        return {**asdict(self.state), "num_samples": self.num_samples, "shuffle": self.shuffle, "group": self.group}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["num_samples"] != self.num_samples or state["shuffle"] != self.shuffle:
+        group = int(state.get("group", 0))  # checkpoints written before length grouping have none
+        if state["num_samples"] != self.num_samples or state["shuffle"] != self.shuffle or group != self.group:
             raise ValueError(
                 f"sampler state is for num_samples={state['num_samples']}, shuffle={state['shuffle']}, "
-                f"but this sampler has num_samples={self.num_samples}, shuffle={self.shuffle} (dataset changed?)"
+                f"group={group}, but this sampler has num_samples={self.num_samples}, shuffle={self.shuffle}, "
+                f"group={self.group} (dataset or data.group_by_length changed?)"
             )
         self.state = SamplerState(epoch=int(state["epoch"]), position=int(state["position"]), seed=int(state["seed"]))
+
+
+def length_grouped(order: Sequence[int], lengths: Sequence[float], group: int) -> list[int]:
+    """``order`` cut into windows of ``group`` indices, each sorted by length, alternately longest and
+    shortest first.
+
+    Why alternate: the trainer cuts batches from consecutive indices across epoch boundaries, so
+    when the epoch is not a whole number of batches the cuts drift off the windows' batch edges; with
+    the direction alternating, the items on both sides of a window edge are of similar length, and a
+    drifted batch still pads little.  Sorting is stable, so equal lengths keep the shuffled order.
+    """
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    out: list[int] = []
+    for w, start in enumerate(range(0, len(order), group)):
+        window = sorted(order[start : start + group], key=lambda i: lengths[i], reverse=w % 2 == 0)
+        out += window
+    return out
 
 
 def capture_rng_state() -> dict[str, Any]:

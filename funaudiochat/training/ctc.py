@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from funaudiochat.audio.features import batch_features
-from funaudiochat.audio.io import load_audio
+from funaudiochat.audio.io import audio_seconds, load_audio
 from funaudiochat.modeling.model import FunAudioChatOutput
 from funaudiochat.speech.audio import speed_perturb
 from funaudiochat.training.data import DataError
@@ -169,6 +169,10 @@ class CTCDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def lengths(self) -> list[float]:
+        """Seconds of each recording, from its header (``data.group_by_length`` batches by it)."""
+        return [audio_seconds(r.audio) for r in self.records]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int]]:
         r = self.records[index]

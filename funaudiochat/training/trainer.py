@@ -88,11 +88,13 @@ class RankBatchSampler:
         self, sampler: ckpt.ResumableSampler, steps: int, batch_size: int, grad_accum: int, rank: int, world: int
     ) -> None:
         self.state = sampler.state_dict()
+        self.lengths = sampler.lengths
         self.steps, self.batch_size, self.grad_accum = steps, batch_size, grad_accum
         self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = ckpt.ResumableSampler(self.state["num_samples"], shuffle=self.state["shuffle"])
+        plan = ckpt.ResumableSampler(self.state["num_samples"], shuffle=self.state["shuffle"],
+                                     lengths=self.lengths, group=self.state["group"])
         plan.load_state_dict(self.state)
         size = self.batch_size * self.grad_accum * self.world
         for _ in range(self.steps):
@@ -363,7 +365,10 @@ def train(recipe: Recipe, resume: bool = False, callbacks: Sequence[StepCallback
     model.train()
     optimizer = build_optimizer(model, recipe, no_decay)
     scheduler = build_scheduler(optimizer, recipe, steps)
-    sampler = ckpt.ResumableSampler(len(dataset), seed=t.seed, shuffle=recipe.data.shuffle)
+    lengths, group = None, 0
+    if recipe.data.group_by_length > 1:
+        lengths, group = dataset.lengths(), recipe.data.group_by_length * global_batch
+    sampler = ckpt.ResumableSampler(len(dataset), seed=t.seed, shuffle=recipe.data.shuffle, lengths=lengths, group=group)
     extra = {"total_steps": steps, "global_batch": global_batch, "stage": recipe.stage, "name": recipe.name}
 
     ckpt_root = out_dir / CHECKPOINTS_NAME

@@ -15,6 +15,7 @@ from funaudiochat.audio.io import (
     DEFAULT_MAX_SECONDS,
     AudioError,
     AudioFileNotFoundError,
+    audio_seconds,
     load_audio,
     save_wav,
     validate_waveform,
@@ -224,3 +225,12 @@ def test_ffmpeg_failure_names_the_file_and_ffmpegs_reason(fake_ffmpeg, tmp_path)
     path.write_bytes(b"\x00\x01 not audio" * 20)
     with pytest.raises(AudioError, match=r"broken.m4a: ffmpeg could not decode it: Invalid data found when processing input"):
         load_audio(path)
+
+
+def test_audio_seconds_reads_the_header_or_estimates_from_the_size(tmp_path):
+    save_wav(tmp_path / "a.flac", np.zeros(24000, dtype=np.float32) + 0.1, sr=48000)
+    assert audio_seconds(tmp_path / "a.flac") == 0.5
+    (tmp_path / "b.mp3").write_bytes(b"\xff" * 8000)  # not for libsndfile: 16 kHz 16-bit from its size
+    assert audio_seconds(tmp_path / "b.mp3") == 0.25
+    with pytest.raises(AudioFileNotFoundError, match="missing.wav: audio file not found"):
+        audio_seconds(tmp_path / "missing.wav")

@@ -15,6 +15,7 @@ import torch
 
 from funaudiochat.training.checkpoint import (
     ResumableSampler,
+    length_grouped,
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -125,5 +126,48 @@ def test_sampler() -> None:
     assert list(t) == list(s)
     with pytest.raises(ValueError, match="cannot advance by 7: position 0 of 6 in epoch 1"):
         s.advance(7)
-    with pytest.raises(ValueError, match=r"sampler state is for num_samples=6.*num_samples=5.*dataset changed"):
+    with pytest.raises(ValueError, match=r"sampler state is for num_samples=6.*num_samples=5.*dataset or data.group_by_length changed"):
         ResumableSampler(5).load_state_dict(s.state_dict())
+
+
+def test_length_grouped_sorts_each_window_alternately() -> None:
+    lengths = [5.0, 1.0, 4.0, 2.0, 3.0, 6.0, 0.5]
+    order = [0, 1, 2, 3, 4, 5, 6]
+    # windows [0 1 2] [3 4 5] [6]: longest first, then shortest first, then longest first
+    assert length_grouped(order, lengths, 3) == [0, 2, 1, 3, 4, 5, 6]
+    assert length_grouped([3, 1], [1.0, 1.0, 1.0, 1.0], 2) == [3, 1]  # ties keep the shuffled order
+    with pytest.raises(ValueError, match="group must be >= 1"):
+        length_grouped(order, lengths, 0)
+
+
+def test_grouped_sampler_batches_similar_lengths_and_resumes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = (torch.rand(200, generator=gen) * 10 + 1).tolist()
+    plain = ResumableSampler(200, seed=5)
+    grouped = ResumableSampler(200, seed=5, lengths=lengths, group=40)
+
+    def padding(order: list[int]) -> float:  # padded length over real length, batches of 8
+        batches = [order[i : i + 8] for i in range(0, 200, 8)]
+        return sum(8 * max(lengths[i] for i in b) for b in batches) / sum(lengths)
+
+    for epoch in range(2):
+        o = grouped.order(epoch)
+        assert sorted(o) == list(range(200))  # a permutation of the epoch
+        # the same items per window as the plain shuffle, only reordered within it
+        assert [sorted(o[i : i + 40]) for i in range(0, 200, 40)] == [
+            sorted(plain.order(epoch)[i : i + 40]) for i in range(0, 200, 40)]
+        assert padding(o) < 1.25 < padding(plain.order(epoch))
+    assert grouped.order(1) != grouped.order(0) and grouped.order(1) == ResumableSampler(
+        200, seed=5, lengths=lengths, group=40).order(1)
+    grouped.advance(30)
+    again = ResumableSampler(200, seed=0, lengths=lengths, group=40)
+    again.load_state_dict(grouped.state_dict())
+    assert list(again) == list(grouped) == grouped.order(0)[30:]
+    with pytest.raises(ValueError, match=r"group=40, but this sampler has .*group=0 .*group_by_length changed"):
+        ResumableSampler(200).load_state_dict(grouped.state_dict())
+    old = {k: v for k, v in ResumableSampler(200).state_dict().items() if k != "group"}  # before grouping existed
+    ResumableSampler(200).load_state_dict(old)
+    with pytest.raises(ValueError, match="lengths has 3 entries for 200 samples"):
+        ResumableSampler(200, lengths=[1.0, 2.0, 3.0], group=2)
+    with pytest.raises(ValueError, match="needs lengths"):
+        ResumableSampler(200, group=8)

@@ -289,3 +289,11 @@ def test_bad_audio_augmentation_settings_are_refused(stage, data, message):
             "name": "x", "stage": stage, "model": {"tiny": True}, "data": {"train": ["x.jsonl"], **data},
             "train": {"max_steps": 1}, "optim": {"lr_max": 1e-3, "lr_min": 1e-4},
         })
+
+
+def test_lengths_are_read_from_the_headers(tmp_path):
+    write_wav(tmp_path / "a.wav", 1.5, 300)
+    write_wav(tmp_path / "b.wav", 0.25, 300, sr=8000)
+    path = tmp_path / "ctc.jsonl"
+    path.write_text("".join(json.dumps({"audio": a, "text": "paris"}) + "\n" for a in ("a.wav", "b.wav")))
+    assert CTCDataset(load_ctc_records([path]), word_tokenizer()).lengths() == [1.5, 0.25]

@@ -54,6 +54,11 @@ def test_cross_field_checks():
         recipe_from_dict(apply_overrides(BASE, ["stage=ctc", "train.new_token_rows=5"]))
     with pytest.raises(RecipeError, match="name: missing"):
         recipe_from_dict({k: v for k, v in BASE.items() if k != "name"})
+    with pytest.raises(RecipeError, match="data.group_by_length: must be a whole number of batches >= 0, got -2"):
+        recipe_from_dict(apply_overrides(BASE, ["data.group_by_length=-2"]))
+    with pytest.raises(RecipeError, match="the duplex stage's items have no length estimate"):
+        recipe_from_dict(apply_overrides(BASE, ["stage=duplex", "data.group_by_length=8"]))
+    assert recipe_from_dict(apply_overrides(BASE, ["stage=ctc", "data.group_by_length=8"])).data.group_by_length == 8
 
 
 def test_overrides_are_yaml_and_1e_minus_4_is_a_float():

@@ -101,3 +101,22 @@ def test_text_and_speech_logprobs_match_the_forward_losses(tmp_path, processor, 
     torch.testing.assert_close(both, text + 0.5 * speech)
     spoken = [bool((out.speech_labels[i] != -100).any()) for i in range(4)]
     assert [bool(s != 0) for s in speech] == spoken
+
+
+def test_lengths_estimate_backbone_positions_without_decoding(tmp_path, processor):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "q.wav", np.full(32000, 0.1, dtype=np.float32), 16000)  # 2 s: 10 positions at 5 Hz
+    sft = {"messages": [
+        {"role": "user", "audio": "q.wav", "content": "x" * 8},  # + 2
+        {"role": "assistant", "content": "y" * 8, "speech_tokens": list(range(25))},  # max(2, 25 / 5)
+    ]}
+    dpo = {"task": "robustness", "messages": [{"role": "user", "audio": "q.wav"}],
+           "chosen": {"role": "assistant", "content": "z" * 40},  # 10: the longer reply counts
+           "rejected": {"role": "assistant", "content": "w" * 4}}
+    typed = {"messages": [{"role": "user", "content": "x" * 8}, {"role": "assistant", "content": "y" * 40}]}  # 2 + 10
+    (tmp_path / "sft.jsonl").write_text(json.dumps(sft) + "\n" + json.dumps(typed) + "\n")
+    (tmp_path / "dpo.jsonl").write_text(json.dumps(dpo) + "\n")
+    assert ConversationDataset.from_files([tmp_path / "sft.jsonl"], processor, "sft").lengths() == [17.0, 12.0]
+    assert ConversationDataset.from_files([tmp_path / "dpo.jsonl"], processor, "dpo").lengths() == [20.0]

@@ -92,6 +92,34 @@ def test_rank_batches_partition_each_global_batch():
     assert (reference.state.epoch, reference.state.position) == (1, 6)
 
 
+def test_rank_batches_follow_the_length_grouped_order():
+    lengths = [float(n) for n in (9, 1, 8, 2, 7, 3, 6, 4, 5, 10)]
+    sampler = ResumableSampler(10, seed=1, lengths=lengths, group=4)
+    batches = list(RankBatchSampler(sampler, steps=10, batch_size=2, grad_accum=1, rank=0, world=1))
+    flat = [i for b in batches for i in b]
+    assert flat == sampler.order(0) + sampler.order(1)
+    windows = [flat[:4], flat[4:8]]  # longest first, then shortest first
+    assert [lengths[i] for i in windows[0]] == sorted((lengths[i] for i in windows[0]), reverse=True)
+    assert [lengths[i] for i in windows[1]] == sorted(lengths[i] for i in windows[1])
+
+
+def test_a_length_grouped_run_resumes_only_with_the_same_grouping(tmp_path, data):
+    stop = []
+
+    def halt(step, _state):
+        if step == 2:
+            stop.append(step)
+            raise KeyboardInterrupt
+
+    grouped = [*FAST, "train.max_steps=4", "output.save_every=2", "data.group_by_length=2"]
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe("pre_alignment", data, tmp_path / "run", *grouped), callbacks=[halt])
+    with pytest.raises(ValueError, match=r"group=4, but this sampler has .*group=0 .*group_by_length changed"):
+        train(tiny_recipe("pre_alignment", data, tmp_path / "run", *grouped[:-1]), resume=True)
+    result = train(tiny_recipe("pre_alignment", data, tmp_path / "run", *grouped), resume=True)
+    assert result.steps == 4 and result.resumed_from is not None and result.final_dir.is_dir()
+
+
 def test_epochs_set_the_number_of_steps(data):
     recipe = tiny_recipe("pre_alignment", data, data.parent / "unused", "train.max_steps=null", "train.epochs=1.5")
     assert total_steps(recipe, num_samples=6, world=1) == 5  # ceil(1.5 * 6 / 2)
