@@ -90,6 +90,11 @@ class StageSpec:
     #: data.speed_perturb and data.gain_db of the recipe (the CTC stage's augmentation).
     speed_perturb: list[float] | None = None
     gain_db: float = 0.0
+    #: data.group_by_length of the recipe: batches cut from windows of N global batches sorted by
+    #: length (0: random batches, every preset).  Session 29: the CTC stage's random batches pad their
+    #: audio 2.2 times; grouped by 16 its steps ran 1.19 times faster here, and its readout heard a little
+    #: less real speech after 520 of them (docs/default-model.md, "Session 29"), so no preset uses it.
+    group_by_length: int = 0
 
 
 @dataclass
@@ -108,6 +113,8 @@ class SRHRefineSpec:
     #: head afresh, since its weights were learnt for the old inputs.  Session 24: at 1.0 the tiny
     #: model's head ignores its previous token; 30 lets it use it.
     prev_scale: float | None = None
+    #: Batches from windows of N batches sorted by reply length (``train_srh``'s ``group_by_length``; 0: random).
+    group_by_length: int = 0
 
 
 @dataclass
@@ -230,8 +237,10 @@ class BuildConfig:
         cfg.vocab_sentences = 4
         cfg.read_aloud = 2
         cfg.ctc_spelling_buckets = 256  # off by default; the smoke build checks it end to end
-        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0)  # a fresh head, end to end
+        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0, group_by_length=2)  # a fresh head
         cfg.joint_speech_loss = False  # as in cpu_base: the head trains in the SRH stage only
+        for spec in [cfg.ctc, *cfg.stages.values()]:  # as in cpu_base: batches grouped by length, end to end
+            spec.group_by_length = 2
         return cfg
 
     @classmethod
@@ -333,6 +342,8 @@ def _recipe(name: str, spec: StageSpec, model: dict, data: Path | list[Path], ou
         data_section["speed_perturb"] = list(spec.speed_perturb)
     if spec.gain_db:
         data_section["gain_db"] = spec.gain_db
+    if spec.group_by_length > 1:
+        data_section["group_by_length"] = spec.group_by_length
     recipe = {
         "name": name, "stage": stage, "model": model,
         "data": data_section,
@@ -548,7 +559,8 @@ def _srh_stage(work: Path, spec: SRHRefineSpec, seed: int, read_aloud: Path | No
         audio.srh_prev_scale = spec.prev_scale
         reinitialise_head(model, seed)
     train_srh(model, train_rows, spec.steps, spec.batch_size, spec.lr_max, spec.lr_min, seed=seed,
-              val_rows=val, eval_every=max(spec.steps // 12, 1), metrics_path=metrics)
+              val_rows=val, eval_every=max(spec.steps // 12, 1), metrics_path=metrics,
+              group_by_length=spec.group_by_length)
     with atomic_directory(run / "final", overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from funaudiochat.modeling.targets import srh_teacher_inputs
+from funaudiochat.training.checkpoint import length_grouped
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +132,13 @@ def train_srh(
     val_rows: Sequence[SRHRow] = (),
     eval_every: int = 100,
     metrics_path: str | Path | None = None,
+    group_by_length: int = 0,
 ) -> list[dict]:
     """Train ``model.audio_invert_tower`` alone on cached rows; every other parameter (and the speech
     table the head's output layer shares with the input side) is left as it was.
+
+    ``group_by_length`` N > 1 cuts each shuffled pass into windows of N batches sorted by row length
+    (as the trainer's ``data.group_by_length``), so a batch pads little; 0 keeps random batches.
 
     Returns the logged rows (step, train loss, lr and, every ``eval_every`` steps, the held-out loss
     and accuracy), also appended to ``metrics_path`` as JSON lines.
@@ -159,6 +164,7 @@ def train_srh(
     opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=0.01)
     sched = warmup_cosine_scheduler(opt, min(warmup_steps, max(steps - 2, 0)), max(steps - 1, 1), lr_max, lr_min)
     rng = random.Random(seed)
+    lengths = [r.conditions.shape[0] for r in rows]
     order: list[int] = []
     log: list[dict] = []
     out = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
@@ -166,7 +172,8 @@ def train_srh(
     try:
         for step in tqdm(range(1, steps + 1), desc="srh", file=sys.stderr, dynamic_ncols=True):
             if len(order) < batch_size:  # one shuffled pass after another
-                order += rng.sample(range(len(rows)), len(rows))
+                shuffled = rng.sample(range(len(rows)), len(rows))
+                order += length_grouped(shuffled, lengths, group_by_length * batch_size) if group_by_length > 1 else shuffled
             take, order = order[:batch_size], order[batch_size:]
             lr = sched.get_last_lr()[0]
             loss, _, _ = _loss(model, [rows[i] for i in take])

@@ -297,6 +297,10 @@ def test_the_cpu_base_preset_is_session_21s_recipe_and_its_recipes_validate(tmp_
     assert load_recipe(paths[CTC_STAGE]).train.speech_loss is True  # the key is for sft and dpo stages only
     plain_paths = _recipes(tmp_path / "plain", plain, data / "s", data / "p", ctc=data / "c")
     assert all(load_recipe(plain_paths[n]).train.speech_loss is True for n in STAGES)
+    # no preset batches by length (session 29); the smoke build does, to run that path end to end
+    assert [load_recipe(p).data.group_by_length for p in (*paths.values(), *plain_paths.values())] == [0] * 10
+    smoke = BuildConfig.smoke()
+    assert [s.group_by_length for s in (smoke.ctc, *smoke.stages.values(), smoke.srh)] == [2] * 6
 
 
 class _Stop(Exception):
@@ -329,11 +333,19 @@ def test_build_cli_starts_from_the_preset_and_flags_override_it(monkeypatch, tmp
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base", "--encoder-trainable-layers",
                        "2", "--train-new-tokens", "--ctc-spelling-buckets", "8192", "--srh-refine", "400",
                        "--srh-prev-scale", "30", "--no-joint-speech-loss", "--steps", "pre_alignment=120", "--steps",
-                       "core_cocktail_stage1=130", "--steps", "core_cocktail_stage2=50", "--steps", "dpo=30") == shipped
+                       "core_cocktail_stage1=130", "--steps", "core_cocktail_stage2=50", "--steps", "dpo=30",
+                       "--group-by-length", "0") == shipped
     # and back to session 6's recipe from the default
     assert _cli_config(monkeypatch, tmp_path, "--encoder", "tiny.en", "--no-train-new-tokens",
                        "--ctc-spelling-buckets", "0", "--srh-refine", "0", "--steps", "pre_alignment=160", "--steps",
                        "core_cocktail_stage1=180", "--steps", "core_cocktail_stage2=90", "--steps", "dpo=50") == old
+    # batches grouped by length in every stage, the SRH stage's included (copies: the preset is untouched)
+    on = _cli_config(monkeypatch, tmp_path, "--group-by-length", "16", "--steps", "dpo=7")
+    assert [s.group_by_length for s in (on.ctc, *on.stages.values(), on.srh)] == [16] * 6
+    assert on.stages["dpo"].max_steps == 7 and BuildConfig.cpu_base().stages["dpo"].group_by_length == 0
+    assert BuildConfig.cpu_base().srh.group_by_length == 0
+    with pytest.raises(SystemExit, match="--group-by-length must be >= 0"):
+        _cli_config(monkeypatch, tmp_path, "--group-by-length", "-1")
     # another encoder trains all its layers unless told; the linear adapter has no spelling table
     assert _cli_config(monkeypatch, tmp_path, "--preset", "cpu", "--encoder", "base").encoder_trainable_layers is None
     assert _cli_config(monkeypatch, tmp_path, "--encoder-trainable-layers", "1").encoder_trainable_layers == 1

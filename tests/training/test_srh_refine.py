@@ -86,3 +86,30 @@ def test_a_reinitialised_head_keeps_the_shared_table_and_nothing_else_of_its_own
     for n, p in head.items():  # the draw depends on the seed only
         assert torch.equal(p, dict(other.named_parameters())[n]), n
     assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if n not in head)  # the rest stays
+
+
+def test_grouped_batches_hold_rows_of_similar_length(monkeypatch):
+    from funaudiochat.training import srh_refine
+
+    model = _model()
+    k, hidden = model.group_size, model.config.text_config.hidden_size
+    lengths = torch.randperm(24, generator=torch.Generator().manual_seed(3)).add(1).tolist()
+    rows = [srh_refine.SRHRow(torch.zeros(n, hidden, dtype=torch.float16), torch.zeros(k * n, dtype=torch.long),
+                              torch.zeros(k * n, dtype=torch.long)) for n in lengths]
+    seen: list[list[int]] = []
+
+    def spy(model, batch):
+        seen.append([r.conditions.shape[0] for r in batch])
+        return next(model.audio_invert_tower.parameters()).sum() * 0.0, 0, 0
+
+    monkeypatch.setattr(srh_refine, "_loss", spy)
+    train_srh(model, rows, steps=6, batch_size=4, group_by_length=3)  # one pass: 2 windows of 3 batches
+    assert sorted(n for b in seen for n in b) == list(range(1, 25))
+    first, second = seen[:3], seen[3:]
+    assert all(min(a) >= max(b) for a, b in zip(first, first[1:]))  # longest first
+    assert all(max(a) <= min(b) for a, b in zip(second, second[1:]))  # then shortest first
+    grouped_padding = sum(4 * max(b) for b in seen)
+    seen.clear()
+    train_srh(model, rows, steps=6, batch_size=4)  # random batches, as before
+    assert sorted(n for b in seen for n in b) == list(range(1, 25))
+    assert grouped_padding < sum(4 * max(b) for b in seen)
