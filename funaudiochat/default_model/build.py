@@ -237,9 +237,10 @@ class BuildConfig:
         cfg.vocab_sentences = 4
         cfg.read_aloud = 2
         cfg.ctc_spelling_buckets = 256  # off by default; the smoke build checks it end to end
-        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0, group_by_length=2)  # a fresh head
+        # a fresh head, end to end
+        cfg.srh = SRHRefineSpec(steps=2, batch_size=2, val_rows=1, prev_scale=4.0, group_by_length=2)
         cfg.joint_speech_loss = False  # as in cpu_base: the head trains in the SRH stage only
-        for spec in [cfg.ctc, *cfg.stages.values()]:  # as in cpu_base: batches grouped by length, end to end
+        for spec in [cfg.ctc, *cfg.stages.values()]:  # batches by length (no preset uses them), end to end
             spec.group_by_length = 2
         return cfg
 
