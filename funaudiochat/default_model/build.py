@@ -92,8 +92,8 @@ class StageSpec:
     gain_db: float = 0.0
     #: data.group_by_length of the recipe: batches cut from windows of N global batches sorted by
     #: length (0: random batches, every preset).  Session 29: the CTC stage's random batches pad their
-    #: audio 2.2 times; grouped by 16 its steps ran 1.19 times faster here, and its readout heard a little
-    #: less real speech after 520 of them (docs/default-model.md, "Session 29"), so no preset uses it.
+    #: audio 2.2 times; grouped by 16 its steps ran 1.19 times faster here, and its readout heard as
+    #: much as two seeds of random batches (docs/default-model.md, "Session 29").  No build has used it.
     group_by_length: int = 0
 
 

@@ -235,7 +235,7 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-by-length", type=int, default=None, metavar="N",
                    help="cut every training stage's batches from windows of N batches sorted by length, so "
                    "they pad little (default 0: random batches in every preset, 2 with --smoke; session 29 measured "
-                   "the CTC stage 1.19x faster at 16, hearing a little less; docs/default-model.md)")
+                   "the CTC stage 1.19x faster at 16, hearing as much; docs/default-model.md)")
     p.add_argument("--benchdata", default=str(DEFAULT_BENCHDATA),
                    help="benchmark dev data folder; without it built-in questions are used")
     p.add_argument("--ablation-no-merge", action="store_true",
