@@ -104,11 +104,8 @@ def test_rank_batches_follow_the_length_grouped_order():
 
 
 def test_a_length_grouped_run_resumes_only_with_the_same_grouping(tmp_path, data):
-    stop = []
-
     def halt(step, _state):
         if step == 2:
-            stop.append(step)
             raise KeyboardInterrupt
 
     grouped = [*FAST, "train.max_steps=4", "output.save_every=2", "data.group_by_length=2"]
